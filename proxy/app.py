@@ -1,0 +1,126 @@
+"""The HTTP surface: routes, auth, errors."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import logging
+import os
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from proxy.chat import Handler
+from proxy.config import Config, load_config
+from proxy.errors import ApiError
+from proxy.services import Services
+
+log = logging.getLogger("itsproxy")
+CONFIG_ENV = "ITSPROXY_CONFIG"
+
+
+def _token(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, cred = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                return cred.strip()
+            if scheme.lower() == b"basic":  # lets a browser open the dashboard: any user, the key as password
+                try:
+                    return base64.b64decode(cred.strip()).partition(b":")[2]
+                except ValueError:
+                    return None
+    return None
+
+
+class AuthMiddleware:
+    """Bearer keys on /v1/*, /chat/*, /dashboard (and /metrics if protected); /health stays open."""
+
+    def __init__(self, app: Any, keys: list[str], protect_metrics: bool) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+        self.protect_metrics = protect_metrics
+
+    def guarded(self, path: str) -> bool:
+        if path.startswith(("/v1/", "/chat/", "/models", "/dashboard")):
+            return True
+        return self.protect_metrics and path.startswith("/metrics")
+
+    def allowed(self, token: bytes | None) -> bool:
+        ok = False
+        for key in self.keys:  # compare against every key: no early exit to time
+            ok |= token is not None and hmac.compare_digest(token, key)
+        return ok
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not self.keys or not self.guarded(scope["path"]):
+            return await self.app(scope, receive, send)
+        if self.allowed(_token(scope["headers"])):
+            return await self.app(scope, receive, send)
+        headers = {"www-authenticate": 'Basic realm="itsproxy"'} if scope["path"].startswith("/dashboard") else {}
+        err = ApiError(401, "Incorrect API key provided", code="invalid_api_key", headers=headers)
+        await err.response()(scope, receive, send)
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def models(request: Request) -> Response:
+    services: Services = request.app.state.services
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": "itsproxy"} for m in services.router.model_ids()]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return ApiError(404, f"no such endpoint: {request.method} {request.url.path}", code="not_found").response()
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return ApiError(405, f"method {request.method} is not allowed here", code="method_not_allowed").response()
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    # Never leak internals (or secrets) to the client; the log gets the type only.
+    log.error("unhandled %s on %s", type(exc).__name__, request.url.path)
+    return ApiError(500, "internal error in the proxy", code="internal_error").response()
+
+
+def create_app(config: Config) -> Starlette:
+    from proxy import dashboard
+
+    services = Services(config)
+    chat = Handler(services)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        try:
+            yield
+        finally:
+            await services.aclose()
+
+    routes = [
+        Route("/v1/chat/completions", chat.handle, methods=["POST"]),
+        Route("/chat/completions", chat.handle, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", dashboard.metrics_endpoint, methods=["GET"]),
+        Route("/v1/its/stats", dashboard.stats_endpoint, methods=["GET"]),
+        Route("/dashboard", dashboard.dashboard_page, methods=["GET"]),
+        Mount("/dashboard/static", app=dashboard.static_app),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={404: not_found, 405: method_not_allowed, Exception: internal_error})
+    app.state.services = services
+    app.add_middleware(AuthMiddleware, keys=config.server.api_keys, protect_metrics=config.server.protect_metrics)
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for `uvicorn --factory` / multi-worker serving: config path from the environment."""
+    return create_app(load_config(os.environ.get(CONFIG_ENV) or None))

@@ -1,0 +1,148 @@
+"""`itsproxy serve | check-config | simulate`."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+import tempfile
+
+from proxy.schema import ConfigError
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _load(path: str | None):
+    from proxy.config import load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def summary(config) -> str:
+    lines = [f"config {config.source}: {len(config.models)} models, {len(config.routes)} routes"]
+    for r in config.routes:
+        if r.passthrough:
+            what = f"passthrough -> {r.target}"
+        else:
+            p = r.pipeline
+            pool = ", ".join(f"{m.model}x{m.n}" for m in p.generate.pool)
+            what = f"{p.strategy} over {pool} (max_n {r.limits.max_n}, timeout {r.limits.timeout_s:g}s)"
+            if p.repair:
+                what += f", repair {p.repair.rounds} rounds"
+        lines.append(f"  {r.name:<20} match {r.match!r:<16} {what}")
+    return "\n".join(lines)
+
+
+def cmd_check_config(args) -> int:
+    config = _load(args.path)
+    print(summary(config))
+    return 0
+
+
+def _start_simulator(section: dict):
+    from proxy.simulator import SimConfig, serve_in_thread
+
+    fields = {k: v for k, v in section.items() if k not in ("port", "host")}
+    handle = serve_in_thread(SimConfig(**fields), host=section.get("host", "127.0.0.1"), port=section.get("port", 0))
+    print(f"simulated upstream on {handle.url}", file=sys.stderr)
+    return handle
+
+
+def cmd_serve(args) -> int:
+    config = _load(args.config)
+    if not is_loopback(args.host) and not config.server.api_keys and not config.server.allow_unauthenticated:
+        print(f"refusing to serve on {args.host} with no server.api_keys configured "
+              "(set server.allow_unauthenticated: true to override)", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    sim = _start_simulator(config.simulator) if config.simulator is not None else None
+    print(summary(config), file=sys.stderr)
+    print(f"itsproxy serving on http://{args.host}:{args.port}", file=sys.stderr)
+    opts = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    try:
+        if args.workers > 1:
+            # Several processes share one metrics directory so /metrics adds them up.
+            os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="itsproxy-metrics-"))
+            if args.config:
+                os.environ["ITSPROXY_CONFIG"] = os.path.abspath(args.config)
+            uvicorn.run("proxy.app:app_from_env", factory=True, workers=args.workers, **opts)
+        else:
+            from proxy.app import create_app
+
+            uvicorn.run(create_app(config), **opts)
+    finally:
+        if sim is not None:
+            sim.stop()
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from proxy.simulator import config_from_args, run
+
+    run(config_from_args(args), args.host, args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="itsproxy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the proxy (default config: the offline demo)")
+    serve.add_argument("--config", default=None, help="config.yaml (default: the packaged offline demo)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=4100)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="warning")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file and summarise its routes")
+    check.add_argument("path")
+    check.set_defaults(func=cmd_check_config)
+
+    from proxy.simulator import add_cli_arguments
+
+    sim = sub.add_parser("simulate", help="serve the simulated upstream (a noisy arithmetic model)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=4101)
+    add_cli_arguments(sim)
+    sim.set_defaults(func=cmd_simulate)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands():
+    """Subcommands other modules contribute (e.g. `traces`)."""
+    out = []
+    try:
+        from proxy.traces_cli import register
+
+        out.append(register)
+    except ImportError:
+        pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

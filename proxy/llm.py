@@ -1,0 +1,40 @@
+"""litellm, imported once at startup with its offline switches set first.
+
+`import litellm` can otherwise block on the network (cost map, catalogs) and
+takes seconds: it must never happen lazily inside a request.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any
+
+OFFLINE_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_OFFLINE_MODE": "true",
+    "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
+    "LITELLM_DISABLE_LATEST_RELEASE_CHECK": "true",
+    "LITELLM_LOG": "ERROR",
+}
+
+
+@lru_cache(maxsize=1)
+def litellm() -> Any:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    import litellm as _litellm
+
+    _litellm.telemetry = False
+    _litellm.suppress_debug_info = True
+    _litellm.drop_params = False  # an unsupported `n` must surface so we can fan out instead
+    return _litellm
+
+
+def model_cost_entry(model: str) -> dict[str, Any] | None:
+    """litellm's offline price entry for `model` (with or without its provider prefix)."""
+    cost_map = litellm().model_cost
+    if model in cost_map:
+        return cost_map[model]
+    bare = model.split("/", 1)[1] if "/" in model else None
+    return cost_map.get(bare) if bare else None

@@ -1,0 +1,33 @@
+"""Request model name -> Route.
+
+Order: an exact route alias, then a model_list name (passed through
+unchanged), then glob routes in file order; nothing matches -> 404.
+"""
+
+from __future__ import annotations
+
+from proxy.config import Config, Limits, Route
+from proxy.errors import ApiError
+
+
+class Router:
+    def __init__(self, config: Config) -> None:
+        self.exact = {r.match: r for r in config.routes if not r.is_glob}
+        self.globs = [r for r in config.routes if r.is_glob]
+        self.direct = {
+            name: Route(name=name, match=name, passthrough=True, pipeline=None, target=name,
+                        limits=Limits(max_n=128, timeout_s=config.server.upstream_timeout_s))
+            for name in config.models
+        }
+
+    def resolve(self, model: str) -> Route:
+        route = self.exact.get(model) or self.direct.get(model)
+        if route is None:
+            route = next((r for r in self.globs if r.matches(model)), None)
+        if route is None:
+            raise ApiError(404, f"The model `{model}` does not exist or is not served by this proxy",
+                           param="model", code="model_not_found")
+        return route
+
+    def model_ids(self) -> list[str]:
+        return list(dict.fromkeys([*self.exact, *self.direct]))

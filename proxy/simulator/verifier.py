@@ -1,0 +1,135 @@
+"""Judge and reward behaviour against known truth. Pure (no I/O).
+
+A chat request is a *verifier request* when its (non-assistant) messages hold
+`<answer>...</answer>` / `<answer id="X">...</answer>` blocks and a "What is A + B?"
+question outside them. A candidate's value is the last number in its block.
+
+- 1 block: pointwise. Believed correct with P = judge_tpr if it is, judge_fpr if not.
+  JSON mode: {"score": 0-10, "reason": ...}; else "Yes"/"No" (P(first token) reported
+  so that top_logprobs can carry both Yes and No).
+- 2 blocks: pairwise, {"winner": id} or the bare id.
+- 3+ blocks: universal self-consistency, {"best": id} or the bare id.
+- judge_garbage: that share of verifier replies is unparseable.
+
+Reward model stand-in: score = 1[candidate's last number is the truth] + N(0, reward_noise).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from .config import SimConfig
+from .questions import QUESTION_RE, Question, content_text, find_question, last_number, parse_question
+
+BLOCK_RE = re.compile(
+    r"<answer(?:\s+id\s*=\s*[\"']?([^\"'>\s]*)[\"']?)?\s*>(.*?)</answer\s*>", re.DOTALL | re.IGNORECASE
+)
+GARBAGE = "I am not sure."
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(slots=True, frozen=True)
+class Block:
+    id: str
+    value: int | float | None  # the last number in the block
+
+
+def find_blocks(messages: list[dict[str, Any]]) -> list[Block] | None:
+    """The answer blocks of a verifier request, or None when it is not one."""
+    blocks: list[Block] = []
+    for m in messages:
+        if m.get("role") == "assistant":
+            continue
+        text = content_text(m.get("content"))
+        if "<answer" not in text and "<ANSWER" not in text:
+            continue
+        for match in BLOCK_RE.finditer(text):
+            ident = match.group(1)
+            if not ident:
+                ident = LETTERS[len(blocks)] if len(blocks) < len(LETTERS) else str(len(blocks) + 1)
+            blocks.append(Block(ident, last_number(match.group(2))))
+    if not blocks or all(b.value is None for b in blocks):
+        return None
+    return blocks
+
+
+def judge(cfg: SimConfig, question: Question, blocks: list[Block], json_mode: bool,
+          rng: random.Random) -> tuple[str, tuple[str, float] | None]:
+    """The verifier's reply text and, for Yes/No replies, (other token, P(sampled token))."""
+    if cfg.judge_garbage and rng.random() < cfg.judge_garbage:
+        return GARBAGE, None
+    truth = question[0] + question[1]
+    if len(blocks) == 1:
+        return _pointwise(cfg, blocks[0].value == truth, json_mode, rng)
+    if len(blocks) == 2:
+        winner = _pairwise(cfg, blocks, truth, rng)
+        return (json.dumps({"winner": winner}) if json_mode else winner), None
+    best = _universal(cfg, blocks, rng)
+    return (json.dumps({"best": best}) if json_mode else best), None
+
+
+def _pointwise(cfg: SimConfig, correct: bool, json_mode: bool,
+               rng: random.Random) -> tuple[str, tuple[str, float] | None]:
+    believed = rng.random() < (cfg.judge_tpr if correct else cfg.judge_fpr)
+    if json_mode:
+        score = rng.randint(7, 10) if believed else rng.randint(0, 3)
+        reason = "The sum checks out." if believed else "The sum looks wrong."
+        return json.dumps({"score": score, "reason": reason}), None
+    confidence = rng.uniform(0.6, 0.95)
+    return ("Yes", ("No", confidence)) if believed else ("No", ("Yes", confidence))
+
+
+def _pairwise(cfg: SimConfig, blocks: list[Block], truth: int, rng: random.Random) -> str:
+    first, second = blocks
+    ok1, ok2 = first.value == truth, second.value == truth
+    if ok1 != ok2:
+        right, wrong = (first, second) if ok1 else (second, first)
+        return right.id if rng.random() < cfg.judge_tpr else wrong.id
+    return rng.choice((first.id, second.id))
+
+
+def _universal(cfg: SimConfig, blocks: list[Block], rng: random.Random) -> str:
+    counts = Counter(b.value for b in blocks if b.value is not None)
+    top = max(counts.values())
+    modes = {v for v, c in counts.items() if c == top}
+    good = [b.id for b in blocks if b.value in modes]
+    if rng.random() < cfg.judge_tpr:
+        return rng.choice(good)
+    return rng.choice([b.id for b in blocks])
+
+
+# ---------------------------------------------------------------- reward model
+
+
+def reward_score(cfg: SimConfig, question: Question | None, candidate: str, salt: Any = None) -> float:
+    """1.0 if the candidate's last number is the truth (else 0.0) plus seeded Gaussian noise."""
+    correct = question is not None and last_number(candidate) == question[0] + question[1]
+    rng = random.Random(f"reward|{cfg.seed}|{salt}|{question}|{candidate}")
+    noise = rng.gauss(0.0, cfg.reward_noise) if cfg.reward_noise else 0.0
+    return round((1.0 if correct else 0.0) + noise, 6)
+
+
+def probability_correct(score: float) -> float:
+    return round(1.0 / (1.0 + math.exp(-4.0 * (score - 0.5))), 6)
+
+
+def classify_text(cfg: SimConfig, text: str, salt: Any = None) -> float:
+    """P(correct) for one input holding both the question and the candidate answer."""
+    question = parse_question(text)
+    candidate = QUESTION_RE.sub(" ", text)
+    return probability_correct(reward_score(cfg, question, candidate, salt))
+
+
+def prompt_question(prompt: Any) -> Question | None:
+    """The question of a /reward prompt: a string or a list of chat messages."""
+    if isinstance(prompt, str):
+        return parse_question(prompt)
+    if isinstance(prompt, list):
+        return find_question([m for m in prompt if isinstance(m, dict)])
+    return None

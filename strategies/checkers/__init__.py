@@ -1,0 +1,1 @@
+"""One module per checker kind; `strategies.check` builds and runs them."""

@@ -1,0 +1,177 @@
+"""A route's stages composed: generate -> filters/scorers -> picker, with the repair loop.
+
+Stage roles: filters (sound checks) drop candidates, scorers attach scores,
+and at most one picker, last, chooses. With only scorers the highest score
+wins (earliest on ties); with no stage at all, the first candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from strategies.extract import Extractor, build_extractor
+from strategies.generate import GenerateSpec, draw, parse_generate
+from strategies.repair import RepairSpec, backprompt, parse_repair
+from strategies.types import Candidate, Sampler, Selection, SpecError
+from strategies.vote import Tally, VoteStage
+
+
+class NotEnoughCandidates(Exception):
+    """Fewer candidates than the route's min_candidates could be drawn."""
+
+    def __init__(self, got: int, need: int, errors: list[BaseException]) -> None:
+        super().__init__(f"only {got} of the required {need} candidates could be drawn")
+        self.got, self.need, self.errors = got, need, errors
+
+
+class Unverified(Exception):
+    """No candidate passed the hard checks and the route says on_unverified: error."""
+
+    def __init__(self, selection: Selection, critiques: list[str]) -> None:
+        super().__init__("no candidate passed the checks")
+        self.selection, self.critiques = selection, critiques
+
+
+@dataclass
+class RunContext:
+    """One request's view, as the strategies see it."""
+
+    messages: list[dict[str, Any]]
+    params: dict[str, Any]  # the client's forwarded parameters (n/temperature already removed)
+    sampler: Sampler
+    n: int
+    route: str
+    seed: int | None = None
+    services: Any = None  # app-level helpers stages may need (search store, http client)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _stage_builders() -> dict[str, Callable[..., Any]]:
+    from strategies.check_stage import CheckStage  # imported here: checkers pull optional modules
+
+    return {"vote": VoteStage.build, "check": CheckStage.build}
+
+
+@dataclass
+class Pipeline:
+    generate: GenerateSpec
+    stages: list[Any]
+    extractor: Extractor | None
+    repair: RepairSpec | None = None
+    on_unverified: str = "error"
+    min_candidates: int = 1
+
+    @property
+    def filters(self) -> list[Any]:
+        return [s for s in self.stages if s.role == "filter"]
+
+    @property
+    def strategy(self) -> str:
+        return "+".join(s.name for s in self.stages) or "first"
+
+    def extract(self, candidates: list[Candidate]) -> None:
+        if self.extractor is not None:
+            for c in candidates:
+                c.answer = self.extractor(c.message)
+
+    async def run(self, ctx: RunContext) -> Selection:
+        candidates, rounds = await self._draw_and_check(ctx)
+        hard = bool(self.filters)
+        pool = [c for c in candidates if c.verified] if hard else candidates
+        if hard and not pool:
+            if self.on_unverified == "error":
+                sel = Selection(None, candidates, self.strategy, verified=False, info={"rounds": rounds})
+                raise Unverified(sel, _critiques(candidates))
+            pool = candidates
+        selection = await self._choose(ctx, pool, candidates)
+        selection.info["rounds"] = rounds
+        if hard:
+            selection.verified = bool(selection.winner and selection.winner.verified)
+        return selection
+
+    async def _draw_and_check(self, ctx: RunContext) -> tuple[list[Candidate], list[dict[str, Any]]]:
+        candidates: list[Candidate] = []
+        rounds: list[dict[str, Any]] = []
+        messages = ctx.messages
+        max_rounds = self.repair.rounds if (self.repair and self.filters) else 0
+        for rnd in range(max_rounds + 1):
+            batch = await self._draw(ctx, messages, rnd, len(candidates))
+            candidates += batch
+            for stage in self.filters:
+                await stage.apply(ctx, batch)
+            if not self.filters or any(c.verified for c in batch) or rnd == max_rounds:
+                break
+            messages, sent = backprompt(self.repair, ctx.messages, batch)
+            rounds.append({"round": rnd + 1, "after": [c.index for c in batch], **sent})
+        return candidates, rounds
+
+    async def _draw(self, ctx: RunContext, messages: list[dict[str, Any]], rnd: int, start: int) -> list[Candidate]:
+        n = ctx.n if rnd == 0 or not self.repair or not self.repair.n else self.repair.n
+        batch, errors = await draw(ctx.sampler, self.generate, messages, ctx.params, n=n, start_index=start,
+                                   round=rnd, seed=ctx.seed, phase="generate" if rnd == 0 else "repair")
+        if rnd == 0 and len(batch) < min(self.min_candidates, n):
+            raise NotEnoughCandidates(len(batch), self.min_candidates, errors)
+        if not batch and errors:
+            raise NotEnoughCandidates(0, 1, errors)
+        self.extract(batch)
+        return batch
+
+    async def _choose(self, ctx: RunContext, pool: list[Candidate], everyone: list[Candidate]) -> Selection:
+        for stage in self.stages:
+            if stage.role == "scorer":
+                await stage.apply(ctx, pool)
+        picker = next((s for s in self.stages if s.role == "picker"), None)
+        if picker is not None:
+            tally: Tally = await picker.pick(ctx, pool)
+            winner = tally.winner
+            reasons = ["tie broken by earliest candidate"] if tally.tie else []
+            if winner is None:  # nobody had an extractable answer: fall back, and say so
+                winner, reasons = pool[0], ["no candidate had an extractable answer; returned the first"]
+            return Selection(winner, everyone, self.strategy, votes=tally.votes, tie=tally.tie, reasons=reasons,
+                             info={"agreement": tally.agreement})
+        if any(s.role == "scorer" for s in self.stages):
+            winner = max(pool, key=lambda c: (c.scores.get("score", float("-inf")), -c.index))
+            return Selection(winner, everyone, self.strategy, reasons=["highest score"])
+        return Selection(pool[0], everyone, self.strategy, reasons=["first successful candidate"])
+
+
+def _critiques(candidates: list[Candidate]) -> list[str]:
+    out = []
+    for c in candidates:
+        out += [f"candidate {c.index}: {v.checker}: {v.critique}" for v in c.verdicts if v.hard and not v.passed]
+    return out
+
+
+def build_pipeline(route: dict[str, Any], path: str, models: set[str]) -> Pipeline:
+    spec = parse_generate(route.get("generate") or {}, f"{path}.generate", models)
+    select = route.get("select") or []
+    if not isinstance(select, list):
+        raise SpecError(f"{path}.select", "must be a list of single-key stages")
+    builders = _stage_builders()
+    stages = []
+    for i, item in enumerate(select):
+        p = f"{path}.select[{i}]"
+        if not isinstance(item, dict) or len(item) != 1:
+            raise SpecError(p, f"each stage is a single-key mapping, one of: {', '.join(builders)}")
+        (kind, body), = item.items()
+        if kind not in builders:
+            raise SpecError(f"{p}.{kind}", f"unknown stage; one of: {', '.join(builders)}")
+        stages.append(builders[kind](body, f"{p}.{kind}"))
+    pickers = [i for i, s in enumerate(stages) if s.role == "picker"]
+    if len(pickers) > 1 or (pickers and pickers[0] != len(stages) - 1):
+        raise SpecError(f"{path}.select", "at most one picker (vote, usc), and it must be the last stage")
+    extractor = next((s.extractor for s in stages if getattr(s, "extractor", None) and s.role == "picker"), None)
+    for s in stages:  # a check stage without its own extractor takes the vote's
+        if s.role == "filter" and getattr(s, "extractor", None) is None:
+            s.extractor = extractor
+    on_unverified = route.get("on_unverified", "error")
+    if on_unverified not in ("error", "best_effort"):
+        raise SpecError(f"{path}.on_unverified", "must be error or best_effort")
+    min_c = route.get("min_candidates", 1)
+    if isinstance(min_c, bool) or not isinstance(min_c, int) or min_c < 1:
+        raise SpecError(f"{path}.min_candidates", "must be an integer >= 1")
+    repair = parse_repair(route.get("repair"), f"{path}.repair")
+    if repair and not any(s.role == "filter" for s in stages):
+        raise SpecError(f"{path}.repair", "needs a check stage: repair back-prompts with the checkers' critiques")
+    return Pipeline(spec, stages, extractor, repair, on_unverified, min_c)

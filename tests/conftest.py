@@ -1,0 +1,97 @@
+"""Shared fixtures: the packaged simulator and the proxy, both on real loopback HTTP."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Callable
+
+import httpx
+import openai
+import pytest
+
+from proxy.llm import OFFLINE_ENV
+
+for _k, _v in OFFLINE_ENV.items():
+    os.environ.setdefault(_k, _v)
+
+from proxy.app import create_app  # noqa: E402
+from proxy.config import parse_config  # noqa: E402
+from proxy.serving import ServerHandle, embedded_config, serve_in_thread  # noqa: E402
+from proxy.simulator import SimConfig  # noqa: E402
+from proxy.simulator import serve_in_thread as serve_simulator  # noqa: E402
+
+KEY = "sk-upstream-secret-4f9a"  # the proxy's upstream key: must never leak
+
+
+def sim_models(sim_url: str, **variants: str) -> list[dict[str, Any]]:
+    """model_list entries pointing at the simulator; variants map a name to model options."""
+    names = {"sim": "sim", "sim-no-n": "sim@no_n", "sim-broken": "sim@fail_rate=1",
+             "sim-hang": "sim@hang", "sim-slow": "sim@latency_ms=300", "sim-no-usage": "sim@no_usage",
+             "sim-max2": "sim@max_n=2", **variants}
+    return [{"model_name": name, "litellm_params": {"model": f"openai/{opts}", "api_base": f"{sim_url}/v1",
+                                                     "api_key": KEY}}
+            for name, opts in names.items()]
+
+
+class Proxy:
+    def __init__(self, handle: ServerHandle, sim: Any, api_key: str = "none") -> None:
+        self.handle = handle
+        self.url = handle.url
+        self.sim = sim
+        self.client = openai.OpenAI(base_url=handle.base_url, api_key=api_key, max_retries=0, timeout=30)
+        self.http = httpx.Client(base_url=handle.url, timeout=30)
+
+    @property
+    def services(self):
+        return self.handle.app.state.services
+
+    def sim_stats(self) -> dict[str, Any]:
+        return httpx.get(f"{self.sim.url}/stats").json()
+
+    def stop(self) -> None:
+        self.client.close()
+        self.http.close()
+        self.handle.stop()
+
+
+@pytest.fixture(scope="session")
+def sim():
+    handle = serve_simulator(SimConfig(seed=1))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def fresh_sim():
+    """A simulator of one's own, for tests that change its settings or read its stats."""
+    handle = serve_simulator(SimConfig(seed=3))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def make_proxy() -> Callable[..., Proxy]:
+    started: list[Proxy] = []
+
+    def start(config: dict[str, Any], sim: Any, *, api_key: str = "none") -> Proxy:
+        cfg = copy.deepcopy(config)
+        cfg.setdefault("model_list", sim_models(sim.url))
+        app = create_app(parse_config(cfg))
+        proxy = Proxy(serve_in_thread(embedded_config(app)), sim, api_key)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+VOTE_ROUTE = {"name": "vote", "match": {"model": "math"}, "generate": {"model": "sim", "n": 9, "temperature": 0.8},
+              "select": [{"vote": {"extract": "number"}}], "limits": {"max_n": 12, "timeout_s": 20}}
+PASS_ROUTE = {"name": "pass", "match": {"model": "*"}, "generate": {"model": "sim"}, "passthrough": True}
+
+
+@pytest.fixture
+def proxy(make_proxy, sim) -> Proxy:
+    return make_proxy({"routes": [VOTE_ROUTE, PASS_ROUTE]}, sim)

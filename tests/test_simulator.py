@@ -1,0 +1,444 @@
+"""The simulated upstream, over real loopback HTTP (openai SDK and httpx; no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxy import tokens  # noqa: E402
+from proxy.simulator import (  # noqa: E402
+    SimConfig,
+    make_server,
+    parse_model_options,
+    questions,
+    serve_in_thread,
+    truth_of,
+)
+from proxy.simulator.questions import last_number  # noqa: E402
+
+QS = questions(42, 300)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    handle = serve_in_thread(SimConfig(seed=7))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture()
+def fresh():
+    """A private simulator, for exact /stats and /control tests."""
+    handle = serve_in_thread(SimConfig(seed=3))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def http(sim):
+    with httpx.Client(base_url=sim.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(sim):
+    return openai.OpenAI(base_url=sim.base_url, api_key="sk-sim", max_retries=0)
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def chat(http: httpx.Client, **body) -> dict:
+    body.setdefault("model", "sim")
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def answers(resp: dict) -> list:
+    return [last_number(c["message"]["content"]) for c in resp["choices"]]
+
+
+def accuracy(http, model="sim", system=None, qs=QS) -> float:
+    right = 0
+    for i, (q, truth) in enumerate(qs):
+        msgs = ([{"role": "system", "content": system}] if system else []) + user(q)
+        right += answers(chat(http, model=model, messages=msgs, seed=i))[0] == truth
+    return right / len(qs)
+
+
+# ---------------------------------------------------------------- answers
+
+
+def test_questions_helper():
+    assert len({q for q, _ in QS}) == 300
+    q, truth = QS[5]
+    assert truth_of(q) == truth and truth_of("hello") is None
+    assert questions(42, 10) == QS[:10]
+    assert truth_of("What is 5 + -3?") == 2
+
+
+def test_same_seed_same_answers(http):
+    q = QS[0][0]
+    a = chat(http, messages=user(q), n=4, seed=11)
+    b = chat(http, messages=user(q), n=4, seed=11)
+    assert [c["message"] for c in a["choices"]] == [c["message"] for c in b["choices"]]
+    different = sum(
+        chat(http, messages=user(q), seed=1)["choices"][0]["message"]
+        != chat(http, messages=user(q), seed=2)["choices"][0]["message"]
+        for q, _ in QS[:10]
+    )
+    assert different >= 5
+    for c in a["choices"]:  # the last number is the answer; wording varies
+        text = c["message"]["content"]
+        assert text.endswith(f"The answer is {last_number(text)}.")
+
+
+def test_accuracy_near_configured_mean(http):
+    assert abs(accuracy(http) - 0.65) < 0.08  # uniform in (0.35, 0.95)
+    assert accuracy(http, model="sim@easy_share=1", qs=QS[:100]) > 0.85
+    assert accuracy(http, model="sim@acc=0.1,0.1", qs=QS[:100]) < 0.25
+
+
+def test_majority_vote_is_not_trivial(http):
+    # wrong samples concentrate on a common wrong answer
+    q, truth = next((q, t) for q, t in QS if True)
+    resp = chat(http, messages=user(q), n=64, seed=5, model="sim@acc=0.3,0.3")
+    wrong = [a for a in answers(resp) if a != truth]
+    top = max(wrong.count(w) for w in set(wrong))
+    assert top >= len(wrong) * 0.3
+
+
+def test_temperature_zero_is_greedy(http):
+    for q, truth in QS[:20]:
+        resp = chat(http, messages=user(q), n=3, temperature=0)
+        assert len({c["message"]["content"] for c in resp["choices"]}) == 1
+    low = chat(http, model="sim@acc=0.2,0.2", messages=user(QS[0][0]), temperature=0)
+    assert answers(low)[0] != QS[0][1]
+    high = chat(http, model="sim@acc=0.9,0.9", messages=user(QS[0][0]), temperature=0)
+    assert answers(high)[0] == QS[0][1]
+
+
+def test_no_question_and_json_mode(http):
+    resp = chat(http, messages=user("Tell me a joke."))
+    assert resp["choices"][0]["message"]["content"] == "I can only add numbers."
+    assert resp["usage"]["completion_tokens"] > 0
+    q, _ = QS[1]
+    resp = chat(http, messages=user(q), response_format={"type": "json_object"}, n=3, seed=1)
+    for c in resp["choices"]:
+        assert set(json.loads(c["message"]["content"])) == {"answer"}
+
+
+def test_last_user_question_wins(http):
+    msgs = [{"role": "user", "content": "What is 1 + 1?"}, {"role": "user", "content": "What is 100 + 200?"}]
+    resp = chat(http, messages=msgs, model="sim@acc=0.99,0.99", temperature=0)
+    assert answers(resp) == [300]
+
+
+def test_n_no_n_and_max_n(http, client):
+    q = QS[2][0]
+    assert len(chat(http, messages=user(q), n=5)["choices"]) == 5
+    r = http.post("/v1/chat/completions", json={"model": "sim@no_n", "messages": user(q), "n": 2})
+    assert r.status_code == 400
+    assert r.json() == {"error": {"message": "n > 1 is not supported by this model",
+                                  "type": "invalid_request_error", "param": "n",
+                                  "code": "unsupported_parameter"}}
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="sim@no_n", messages=user(q), n=3)
+    assert len(chat(http, model="sim@no_n", messages=user(q))["choices"]) == 1
+    resp = chat(http, model="sim@max_n=2", messages=user(q), n=5)
+    assert [c["index"] for c in resp["choices"]] == [0, 1]
+
+
+# ---------------------------------------------------------------- usage and stats
+
+
+def test_usage_equals_token_counts_and_stats_add_up(fresh):
+    with httpx.Client(base_url=fresh.url) as http:
+        tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+        bodies = [
+            {"messages": user(QS[0][0])},
+            {"messages": [{"role": "system", "content": "Think step by step."}] + user(QS[1][0]), "n": 3},
+            {"messages": user(QS[2][0]), "tools": tools},
+            {"messages": user("hi"), "n": 2, "logprobs": True, "top_logprobs": 2},
+        ]
+        want_p = want_c = 0
+        for body in bodies:
+            resp = chat(http, **body)
+            p = tokens.count_messages(body["messages"], body.get("tools"))
+            c = sum(tokens.count_message(ch["message"]) for ch in resp["choices"])
+            assert resp["usage"] == {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            want_p, want_c = want_p + p, want_c + c
+        stream_usage = None
+        with http.stream("POST", "/v1/chat/completions", json={
+                "model": "sim@stream_delay_ms=0", "messages": user(QS[3][0]), "n": 2, "stream": True,
+                "stream_options": {"include_usage": True}}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {") and '"usage": {' in line:
+                    stream_usage = json.loads(line[6:])["usage"]
+        want_p += stream_usage["prompt_tokens"]
+        want_c += stream_usage["completion_tokens"]
+        assert http.post("/v1/chat/completions", json={"model": "sim@bogus", "messages": user("x")}).status_code == 400
+        s = http.get("/stats").json()
+        assert (s["requests"], s["errors"], s["streams"]) == (6, 1, 1)
+        assert s["choices"] == 1 + 3 + 1 + 2 + 2
+        assert (s["prompt_tokens"], s["completion_tokens"]) == (want_p, want_c)
+        assert s["total_tokens"] == want_p + want_c
+        assert s["by_model"]["sim"]["requests"] == 4
+        assert s["by_model"]["sim@stream_delay_ms=0"]["completion_tokens"] == stream_usage["completion_tokens"]
+        assert http.post("/stats/reset").json()["requests"] == 0
+
+
+def test_no_usage(http, client):
+    resp = chat(http, model="sim@no_usage", messages=user(QS[0][0]))
+    assert "usage" not in resp
+    chunks = list(client.chat.completions.create(model="sim@no_usage", messages=user(QS[0][0]), stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert all(ch.usage is None for ch in chunks)
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def test_stream_with_the_sdk(client, http):
+    q = QS[4][0]
+    stream = client.chat.completions.create(model="sim", messages=user(q), n=2, seed=9, stream=True,
+                                            stream_options={"include_usage": True})
+    texts, finish, usage = {0: "", 1: ""}, {}, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for ch in chunk.choices:
+            texts[ch.index] += ch.delta.content or ""
+            if ch.finish_reason:
+                finish[ch.index] = ch.finish_reason
+    plain = chat(http, messages=user(q), n=2, seed=9)
+    assert [texts[0], texts[1]] == [c["message"]["content"] for c in plain["choices"]]
+    assert finish == {0: "stop", 1: "stop"}
+    assert usage.completion_tokens == plain["usage"]["completion_tokens"]
+    assert usage.prompt_tokens == plain["usage"]["prompt_tokens"]
+
+
+def test_stream_closed_early_is_counted_cancelled(fresh):
+    with httpx.Client(base_url=fresh.url) as http:
+        body = {"model": "sim@stream_delay_ms=40", "messages": user(QS[5][0]), "stream": True, "n": 2}
+        got = 0
+        with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            for line in r.iter_lines():
+                if '"content": "' in line and '"content": ""' not in line:
+                    got += 1
+                    if got == 3:
+                        break
+        deadline = time.monotonic() + 3
+        while (s := http.get("/stats").json())["streams_cancelled"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert s["streams"] == 1 and s["streams_cancelled"] == 1
+        sent = s["completion_tokens_sent_cancelled"]
+        assert 0 < sent < 30 and s["completion_tokens"] == sent
+        assert s["prompt_tokens"] == tokens.count_messages(body["messages"])
+
+
+# ---------------------------------------------------------------- tools and logprobs
+
+
+def test_tool_calls(client, http):
+    a_q, truth = QS[6]
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}},
+             {"type": "function", "function": {"name": "submit", "parameters": {"type": "object"}}}]
+    resp = chat(http, messages=user(a_q), tools=tools, n=2, seed=1)
+    for c in resp["choices"]:
+        assert c["finish_reason"] == "tool_calls" and c["message"]["content"] is None
+        call = c["message"]["tool_calls"][0]
+        assert call["id"].startswith("call_") and call["function"]["name"] == "add"
+        args = json.loads(call["function"]["arguments"])
+        assert list(args) == ["a", "answer", "b"] and args["a"] + args["b"] == truth
+    named = chat(http, messages=user(a_q), tools=tools,
+                 tool_choice={"type": "function", "function": {"name": "submit"}})
+    assert named["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "submit"
+    none = chat(http, messages=user(a_q), tools=tools, tool_choice="none")
+    assert none["choices"][0]["message"]["content"]
+    stream = client.chat.completions.create(model="sim", messages=user(a_q), tools=tools, seed=1, stream=True)
+    args, name, reason = "", None, None
+    for chunk in stream:
+        for ch in chunk.choices:
+            for tc in ch.delta.tool_calls or []:
+                name = tc.function.name or name
+                args += tc.function.arguments or ""
+            reason = ch.finish_reason or reason
+    assert (name, reason) == ("add", "tool_calls")
+    assert args == resp["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+
+
+def test_logprobs(client):
+    resp = client.chat.completions.create(model="sim", messages=user(QS[7][0]), logprobs=True, top_logprobs=3)
+    content = resp.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == resp.choices[0].message.content
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 3 for t in content)
+
+
+# ---------------------------------------------------------------- verifier behaviour
+
+
+def judge_prompt(q: str, candidate: str) -> list[dict]:
+    return user(f"Question: {q}\nCandidate:\n<answer>{candidate}</answer>\nIs it correct? Reply Yes or No.")
+
+
+def test_pointwise_judge_rates(http):
+    said_yes = {True: 0, False: 0}
+    for i, (q, truth) in enumerate(QS[:150]):
+        for correct in (True, False):
+            value = truth if correct else truth + 3
+            resp = chat(http, messages=judge_prompt(q, f"The answer is {value}."), seed=i)
+            word = resp["choices"][0]["message"]["content"]
+            assert word in ("Yes", "No")
+            said_yes[correct] += word == "Yes"
+    assert abs(said_yes[True] / 150 - 0.8) < 0.1
+    assert abs(said_yes[False] / 150 - 0.2) < 0.1
+
+
+def test_pointwise_judge_formats(http):
+    q, truth = QS[8]
+    resp = chat(http, messages=judge_prompt(q, str(truth)), logprobs=True, top_logprobs=5,
+                model="sim@judge_tpr=1")
+    c = resp["choices"][0]
+    assert c["message"]["content"] == "Yes"
+    top = {t["token"]: t["logprob"] for t in c["logprobs"]["content"][0]["top_logprobs"]}
+    assert {"Yes", "No"} <= set(top) and top["Yes"] > top["No"]
+    resp = chat(http, messages=judge_prompt(q, str(truth + 1)), n=8, seed=2,
+                response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": {}}})
+    for c in resp["choices"]:
+        verdict = json.loads(c["message"]["content"])
+        assert 0 <= verdict["score"] <= 10 and isinstance(verdict["reason"], str)
+    garbage = chat(http, model="sim@judge_garbage=1", messages=judge_prompt(q, str(truth)))
+    assert garbage["choices"][0]["message"]["content"] == "I am not sure."
+
+
+def test_pairwise_and_universal(http):
+    q, truth = QS[9]
+    pair = user(f"{q}\n<answer id=\"A\">{truth + 2}</answer>\n<answer id=\"B\">{truth}</answer>\nWhich is right?")
+    wins = [chat(http, messages=pair, seed=i)["choices"][0]["message"]["content"] for i in range(40)]
+    assert set(wins) <= {"A", "B"} and wins.count("B") > 25
+    resp = chat(http, messages=pair, response_format={"type": "json_object"})
+    assert json.loads(resp["choices"][0]["message"]["content"])["winner"] in ("A", "B")
+    blocks = "".join(f'<answer id="{i}">{v}</answer>\n' for i, v in
+                     enumerate([truth + 1, truth, truth + 1, truth + 1, truth + 5]))
+    usc = user(f"{q}\nPick the most consistent response.\n{blocks}")
+    picks = [chat(http, messages=usc, seed=i)["choices"][0]["message"]["content"] for i in range(40)]
+    assert set(picks) <= {"0", "1", "2", "3", "4"}
+    assert sum(p in ("0", "2", "3") for p in picks) > 28
+    resp = chat(http, messages=usc, response_format={"type": "json_object"})
+    assert json.loads(resp["choices"][0]["message"]["content"])["best"] in "01234"
+
+
+def test_reward_endpoints(http):
+    q, truth = QS[10]
+    right, wrong = f"The answer is {truth}.", f"The answer is {truth - 7}."
+    cands = [f"Try {i}: {text}" for i in range(20) for text in (right, wrong)]
+    scores = http.post("/reward", json={"prompt": q, "candidates": cands}).json()["scores"]
+    assert sum(scores[0::2]) / 20 > 0.8 and sum(scores[1::2]) / 20 < 0.2
+    scores = http.post("/reward", json={"prompt": q, "candidates": [right, right]}).json()["scores"]
+    assert scores[0] == scores[1]  # a deterministic scorer: same candidate, same score
+    msgs = http.post("/reward", json={"prompt": user(q), "candidates": [right]}).json()["scores"]
+    assert msgs == scores[:1]
+    inputs = [f"{q} {right}", f"{q} {wrong}"]
+    data = http.post("/classify", json={"model": "rm", "input": inputs}).json()
+    assert data["object"] == "list" and data["usage"]["prompt_tokens"] > 0
+    assert [d["num_classes"] for d in data["data"]] == [2, 2]
+    assert data["data"][0]["probs"][1] > data["data"][1]["probs"][1]
+    pooled = http.post("/pooling", json={"model": "rm", "input": inputs}).json()["data"]
+    assert [p["object"] for p in pooled] == ["pooling", "pooling"]
+    assert pooled[0]["data"][0] == data["data"][0]["probs"][1]
+    assert http.get("/stats").json()["reward_requests"] >= 4
+
+
+# ---------------------------------------------------------------- prompt effects
+
+
+def test_boosts_raise_accuracy(http):
+    qs = QS[:150]
+    base = accuracy(http, qs=qs)
+    boosted = accuracy(http, system="Let's think step by step.", qs=qs)
+    assert boosted >= base + 0.07
+
+
+def test_critique_raises_accuracy_and_avoids_earlier_answer(http):
+    fixed = better = total = 0
+    for i, (q, truth) in enumerate(QS[:60]):
+        wrong = truth + 4
+        msgs = user(q) + [{"role": "assistant", "content": f"The answer is {wrong}."},
+                          {"role": "user", "content": "That looks wrong. Check your addition and answer again."}]
+        resp = chat(http, messages=msgs, n=4, seed=i, model="sim@acc=0.3,0.3")
+        got = answers(resp)
+        assert wrong not in got
+        better += sum(a == truth for a in got)
+        total += len(got)
+    assert better / total > 0.75  # 0.3 + 0.7 * 0.8 = 0.86
+
+
+# ---------------------------------------------------------------- faults, options, control
+
+
+def test_faults(client, http):
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="sim@fail_rate=1", messages=user(QS[0][0]))
+    r = http.post("/v1/chat/completions", json={"model": "sim@fail_rate=1@fail_status=429", "messages": user("x")})
+    assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+    t = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/chat/completions", json={"model": "sim@hang", "messages": user("x")}, timeout=0.3)
+    assert time.monotonic() - t < 2
+    t = time.monotonic()
+    chat(http, model="sim@latency_ms=150", messages=user("x"))
+    assert time.monotonic() - t >= 0.15
+
+
+def test_model_options(http):
+    base, opts = parse_model_options("openai/sim@no_n@latency_ms=200@acc=0.9,0.99@max_n=2@judge_tpr=0.7")
+    assert base == "sim"
+    assert opts == {"no_n": True, "latency_ms": 200.0, "accuracy": (0.9, 0.99), "max_n": 2, "judge_tpr": 0.7}
+    r = http.post("/v1/chat/completions", json={"model": "sim@frobnicate=3", "messages": user("x")})
+    assert r.status_code == 400 and "frobnicate" in r.json()["error"]["message"]
+    r = http.post("/v1/chat/completions", json={"model": "sim@fail_rate=2", "messages": user("x")})
+    assert r.status_code == 400
+    assert http.get("/v1/models").json()["data"][0]["id"] == "sim"
+    assert http.get("/health").json() == {"status": "ok"}
+
+
+def test_control(fresh):
+    with httpx.Client(base_url=fresh.url) as http:
+        body = {"model": "sim", "messages": user(QS[0][0]), "n": 2}
+        assert http.post("/v1/chat/completions", json=body).status_code == 200
+        cfg = http.post("/control", json={"no_n": True}).json()
+        assert cfg["no_n"] is True and cfg["seed"] == 3
+        assert http.post("/v1/chat/completions", json=body).status_code == 400
+        assert http.post("/control", json={"nope": 1}).status_code == 400
+        http.post("/control", json={"no_n": False, "accuracy": [0.99, 0.99]})
+        assert http.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def test_make_server_inside_a_running_loop():
+    async def main():
+        server = make_server(SimConfig(seed=1))
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            resps = await asyncio.gather(*[
+                http.post("/v1/chat/completions", json={"model": "sim", "messages": user(q), "seed": 1})
+                for q, _ in QS[:20]])
+        server.should_exit = True
+        await task
+        return resps
+
+    assert all(r.status_code == 200 for r in asyncio.run(main()))
