@@ -147,7 +147,7 @@ def scaling_context(services: Services, req: ChatRequest, route: Route, ledger: 
     if pipeline.generate.temperature is not None or any(m.temperature is not None for m in pipeline.generate.pool):
         params.pop("temperature", None)
     return RunContext(messages=req.messages, params=params, sampler=services.upstream.bind(ledger), n=n,
-                      route=route.name, seed=seed, services=services)
+                      route=route.name, seed=seed, services=services, ledger=ledger)
 
 
 async def run_scaling(services: Services, req: ChatRequest, route: Route, ledger: Ledger) -> Outcome:
@@ -163,4 +163,4 @@ async def run_scaling(services: Services, req: ChatRequest, route: Route, ledger
                        extra={"critiques": exc.critiques[:20], "candidates": len(exc.selection.candidates)},
                        headers={"x-its-verified": "false"}) from None
     rid, created = new_id()
-    return Outcome(route, req.model, selection, ledger, rid, created)
+    return Outcome(route, req.model, selection, ledger, rid, created, req.messages)

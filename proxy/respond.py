@@ -22,6 +22,7 @@ class Outcome:
     ledger: Ledger
     id: str
     created: int
+    messages: list[dict[str, Any]]  # the client's conversation (for traces)
 
     @property
     def winner(self) -> Candidate:

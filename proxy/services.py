@@ -27,6 +27,9 @@ class Services:
         self.streams = Streams(self)
         self._metrics = metrics
         self.hooks: list[Any] = []  # extra observers of finished requests (traces, search)
+        from proxy.search_store import SearchStores
+
+        self.search_stores = SearchStores.from_config(config)  # augment_search state, opened lazily
 
     def inflight(self) -> contextlib.AbstractContextManager:
         return self._metrics.inflight()
@@ -61,3 +64,4 @@ class Services:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        await self.search_stores.aclose()

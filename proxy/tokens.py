@@ -38,6 +38,12 @@ def _encoding():
     return tiktoken.get_encoding(ENCODING)
 
 
+def token_bytes(text: str) -> list[bytes]:
+    """The text's tokens, as bytes: the same tokens `count_text` counts."""
+    enc = _encoding()
+    return [enc.decode_single_token_bytes(t) for t in enc.encode(text, disallowed_special=())]
+
+
 def count_text(text: str) -> int:
     if not text:
         return 0

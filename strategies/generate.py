@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from strategies.types import Candidate, Sampler, SpecError
+from strategies.search import parse_search
 
 AUGMENT_AS = ("system", "suffix")
 
@@ -104,7 +105,8 @@ def parse_generate(raw: dict[str, Any], path: str, models: set[str]) -> Generate
     if max_tokens is not None:
         max_tokens = _positive_int(max_tokens, f"{path}.max_tokens", 1)
     return GenerateSpec(pool=pool, temperature=_temperature(raw.get("temperature"), f"{path}.temperature"),
-                        max_tokens=max_tokens, augment=list(augment), augment_as=augment_as)
+                        max_tokens=max_tokens, augment=list(augment), augment_as=augment_as,
+                        search=parse_search(raw, path))
 
 
 def derive_seed(seed: int, *parts: Any) -> int:

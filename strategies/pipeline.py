@@ -13,6 +13,7 @@ from typing import Any, Callable
 from strategies.extract import Extractor, build_extractor
 from strategies.generate import GenerateSpec, draw, parse_generate
 from strategies.repair import RepairSpec, backprompt, parse_repair
+from strategies import search_run
 from strategies.types import Candidate, Sampler, Selection, SpecError
 from strategies.vote import Tally, VoteStage
 
@@ -44,13 +45,18 @@ class RunContext:
     route: str
     seed: int | None = None
     services: Any = None  # app-level helpers stages may need (search store, http client)
+    ledger: Any = None  # proxy.ledger.Ledger: stages calling non-chat endpoints record their calls here
     info: dict[str, Any] = field(default_factory=dict)
 
 
 def _stage_builders() -> dict[str, Callable[..., Any]]:
     from strategies.check_stage import CheckStage  # imported here: checkers pull optional modules
+    from strategies.judge import JudgeStage  # these three import proxy.backends (which imports us)
+    from strategies.reward import RewardStage
+    from strategies.usc import UscStage
 
-    return {"vote": VoteStage.build, "check": CheckStage.build}
+    return {"vote": VoteStage.build, "check": CheckStage.build, "judge": JudgeStage.build,
+            "reward": RewardStage.build, "usc": UscStage.build}
 
 
 @dataclass
@@ -82,9 +88,13 @@ class Pipeline:
         if hard and not pool:
             if self.on_unverified == "error":
                 sel = Selection(None, candidates, self.strategy, verified=False, info={"rounds": rounds})
+                if self.generate.search is not None:
+                    await search_run.learn(ctx, self.generate.search, sel)
                 raise Unverified(sel, _critiques(candidates))
             pool = candidates
         selection = await self._choose(ctx, pool, candidates)
+        if self.generate.search is not None:
+            await search_run.learn(ctx, self.generate.search, selection)
         selection.info["rounds"] = rounds
         if hard:
             selection.verified = bool(selection.winner and selection.winner.verified)
@@ -108,8 +118,12 @@ class Pipeline:
 
     async def _draw(self, ctx: RunContext, messages: list[dict[str, Any]], rnd: int, start: int) -> list[Candidate]:
         n = ctx.n if rnd == 0 or not self.repair or not self.repair.n else self.repair.n
+        counts = None
+        if rnd == 0 and self.generate.search is not None:
+            counts, _ = await search_run.plan(ctx, self.generate.search, n)
         batch, errors = await draw(ctx.sampler, self.generate, messages, ctx.params, n=n, start_index=start,
-                                   round=rnd, seed=ctx.seed, phase="generate" if rnd == 0 else "repair")
+                                   round=rnd, seed=ctx.seed, phase="generate" if rnd == 0 else "repair",
+                                   augment_counts=counts)
         if rnd == 0 and len(batch) < min(self.min_candidates, n):
             raise NotEnoughCandidates(len(batch), self.min_candidates, errors)
         if not batch and errors:
@@ -118,9 +132,18 @@ class Pipeline:
         return batch
 
     async def _choose(self, ctx: RunContext, pool: list[Candidate], everyone: list[Candidate]) -> Selection:
+        # With hard checks present, scorers see every candidate, so where a judge and a
+        # checker disagree (in either direction) it is on record.
+        scored = everyone if self.filters else pool
         for stage in self.stages:
             if stage.role == "scorer":
-                await stage.apply(ctx, pool)
+                await stage.apply(ctx, scored)
+        selection = await self._pick(ctx, pool, everyone)
+        if self.filters:
+            selection.info["disagreements"] = count_disagreements(scored)
+        return selection
+
+    async def _pick(self, ctx: RunContext, pool: list[Candidate], everyone: list[Candidate]) -> Selection:
         picker = next((s for s in self.stages if s.role == "picker"), None)
         if picker is not None:
             tally: Tally = await picker.pick(ctx, pool)
@@ -134,6 +157,17 @@ class Pipeline:
             winner = max(pool, key=lambda c: (c.scores.get("score", float("-inf")), -c.index))
             return Selection(winner, everyone, self.strategy, reasons=["highest score"])
         return Selection(pool[0], everyone, self.strategy, reasons=["first successful candidate"])
+
+
+def count_disagreements(candidates: list[Candidate]) -> int:
+    """Candidates a judge (score >= 0.5 means it approved) and the hard checks judged differently."""
+    n = 0
+    for c in candidates:
+        if "judge" in c.scores and c.hard_verdicts:
+            if (c.scores["judge"] >= 0.5) != c.verified:
+                c.notes.append("judge and checker disagree")
+                n += 1
+    return n
 
 
 def _critiques(candidates: list[Candidate]) -> list[str]:

@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
+from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from proxy import dashboard
@@ -50,10 +51,15 @@ def make_report(route: str, *, seed: int = 0, status: int = 200, duration_s: flo
         tokens_saved_estimate=250 + k)
 
 
-def build_app(on_stats: Callable[[], None] | None = None) -> Starlette:
-    """The endpoints as the proxy mounts them; `on_stats` runs before each stats answer."""
+def build_app(on_stats: Callable[[], None] | None = None, api_key: str | None = None) -> Starlette:
+    """The endpoints as the proxy mounts them; `on_stats` runs before each stats answer.
+
+    With `api_key`, the stats JSON wants `Authorization: Bearer <key>` (like the proxy's auth).
+    """
 
     async def stats(request):
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            return JSONResponse({"error": {"message": "invalid API key"}}, status_code=401)
         if on_stats is not None:
             on_stats()  # lets a test add traffic between two dashboard polls
         return await dashboard.stats_endpoint(request)

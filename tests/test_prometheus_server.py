@@ -32,6 +32,7 @@ def prometheus(tmp_path):
     """Yields a function starting Prometheus against a target; always kills it afterwards."""
     binary = obs.require_binary(PROMETHEUS, "prometheus")
     procs: list[subprocess.Popen] = []
+    logs = []
 
     def start(target_port: int) -> str:
         config = tmp_path / "prometheus.yml"
@@ -42,6 +43,7 @@ def prometheus(tmp_path):
         }))
         port = free_port()
         log = open(tmp_path / "prometheus.log", "wb")
+        logs.append(log)
         procs.append(subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
@@ -54,6 +56,8 @@ def prometheus(tmp_path):
     for proc in procs:
         proc.kill()
         proc.wait(timeout=10)
+    for log in logs:
+        log.close()
 
 
 def _ready(base: str, proc: subprocess.Popen, tmp_path: Path) -> bool:

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from proxy import tokens  # noqa: E402
-from proxy.simulator import (  # noqa: E402
+from proxy import tokens
+from proxy.simulator import (
     SimConfig,
+    add_cli_arguments,
+    config_from_args,
     make_server,
     parse_model_options,
     questions,
     serve_in_thread,
     truth_of,
 )
-from proxy.simulator.questions import last_number  # noqa: E402
+from proxy.simulator.questions import last_number
 
 QS = questions(42, 300)
 
@@ -112,7 +111,7 @@ def test_accuracy_near_configured_mean(http):
 
 def test_majority_vote_is_not_trivial(http):
     # wrong samples concentrate on a common wrong answer
-    q, truth = next((q, t) for q, t in QS if True)
+    q, truth = QS[0]
     resp = chat(http, messages=user(q), n=64, seed=5, model="sim@acc=0.3,0.3")
     wrong = [a for a in answers(resp) if a != truth]
     top = max(wrong.count(w) for w in set(wrong))
@@ -267,6 +266,9 @@ def test_tool_calls(client, http):
     assert named["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "submit"
     none = chat(http, messages=user(a_q), tools=tools, tool_choice="none")
     assert none["choices"][0]["message"]["content"]
+    call = resp["choices"][0]["message"]
+    after = user(a_q) + [call, {"role": "tool", "tool_call_id": call["tool_calls"][0]["id"], "content": "ok"}]
+    assert chat(http, messages=after, tools=tools)["choices"][0]["finish_reason"] == "stop"
     stream = client.chat.completions.create(model="sim", messages=user(a_q), tools=tools, seed=1, stream=True)
     args, name, reason = "", None, None
     for chunk in stream:
@@ -442,3 +444,16 @@ def test_make_server_inside_a_running_loop():
         return resps
 
     assert all(r.status_code == 200 for r in asyncio.run(main()))
+
+
+def test_cli_arguments():
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    args = parser.parse_args(["--port", "0", "--seed", "5", "--accuracy", "0.5,0.9", "--easy-share", "0.7",
+                              "--no-n", "--fail-rate", "0.1", "--boost", "think hard=0.2", "--max-n", "3"])
+    cfg = config_from_args(args)
+    assert (args.host, args.port) == ("127.0.0.1", 0)
+    assert (cfg.seed, cfg.accuracy, cfg.easy_share, cfg.no_n, cfg.fail_rate, cfg.max_n) == (
+        5, (0.5, 0.9), 0.7, True, 0.1, 3)
+    assert cfg.boosts == {"think hard": 0.2}
+    assert config_from_args(parser.parse_args([])) == SimConfig()

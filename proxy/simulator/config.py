@@ -196,7 +196,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         shown = ",".join(map(str, default)) if name == "accuracy" else default
         kind = str if name == "accuracy" else (int if name in INT_FIELDS else float)
-        parser.add_argument(flag, dest=dest, type=kind, default=None,
+        parser.add_argument(flag, dest=dest, type=kind, default=None, metavar=name.upper(),
                             help=f"{_HELP.get(name, name)} (default {shown})")
 
 

@@ -60,6 +60,7 @@ class Stats:
 class SimState:
     def __init__(self, config: SimConfig) -> None:
         self.stats = Stats()
+        self.closing = False  # set on shutdown: hanging requests give up
         self.set_config(config)
 
     def set_config(self, config: SimConfig) -> None:
@@ -106,7 +107,7 @@ async def _gate(st: SimState, request: Request, model: str, cfg: SimConfig) -> R
     """Hang, latency and injected faults; an error response, or None to go on."""
     if cfg.hang:
         deadline = time.monotonic() + 3600
-        while time.monotonic() < deadline and not await request.is_disconnected():
+        while time.monotonic() < deadline and not st.closing and not await request.is_disconnected():
             await asyncio.sleep(0.05)
         st.stats.add(model, errors=1)
         return _json(wire.error_body("hung (simulated)", "server_error"), 504)

@@ -50,8 +50,7 @@ def usage_of(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 def token_pieces(text: str) -> list[bytes]:
     """The content's tokens (as bytes), the same tokens `tokens.count_text` counts."""
-    enc = tokens._encoding()
-    return [enc.decode_single_token_bytes(t) for t in enc.encode(text, disallowed_special=())]
+    return tokens.token_bytes(text)
 
 
 def token_logprobs(pieces: list[bytes], text: str, choice: Choice, top_k: int) -> list[dict[str, Any]]:

@@ -32,10 +32,12 @@
   }
   function fmtSec(s) {
     if (!ok(s)) return dash;
-    if (s < 0.01) return (s * 1000).toFixed(1) + ' ms';
-    if (s < 1) return Math.round(s * 1000) + ' ms';
-    if (s < 60) return s.toFixed(2) + ' s';
-    return (s / 60).toFixed(1) + ' min';
+    if (s === 0) return '0';
+    // No-break spaces: a narrow tile may wrap between two durations, never inside one.
+    if (s < 0.01) return (s * 1000).toFixed(1) + '\u00a0ms';
+    if (s < 1) return Math.round(s * 1000) + '\u00a0ms';
+    if (s < 60) return s.toFixed(2) + '\u00a0s';
+    return (s / 60).toFixed(1) + '\u00a0min';
   }
   function fmtUsd(x) {
     if (!ok(x)) return dash;
@@ -127,7 +129,7 @@
       scales: { x: { time: false, range: [0, 1] }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
       axes: [{ values: axisFmt((v) => Math.round(v * 100) + '%'), label: "winner's vote share" },
              { values: axisFmt((v) => fmtNum(v)), size: 50, label: 'requests' }],
-      series: [{ value: (u, v) => (ok(v) ? `${Math.round((v - 0.05) * 100)}–${Math.round((v + 0.05) * 100)}%` : dash) },
+      series: [{ label: 'vote share', value: (u, v) => (ok(v) ? `${Math.round((v - 0.05) * 100)}–${Math.round((v + 0.05) * 100)}%` : dash) },
                { label: 'requests', stroke: COLORS.bar, fill: COLORS.bar + 'aa', width: 1,
                  paths: uPlot.paths.bars({ size: [0.85, Infinity] }), points: { show: false } }],
     };
@@ -202,7 +204,7 @@
     const recent = ok(wp50);
     const p50 = recent ? wp50 : v && v.latency_s.count ? v.latency_s.p50 : null;
     const p95 = recent ? wp95 : v && v.latency_s.count ? v.latency_s.p95 : null;
-    tile('tile-latency', `${fmtSec(p50)} / ${fmtSec(p95)}`, '', recent ? 'last 30 s' : 'since start');
+    tile('tile-latency', `${fmtSec(p50)} / ${fmtSec(p95)}`, '', recent ? 'p50 / p95, last 30 s' : 'p50 / p95, since start');
     tile('tile-saved', fmtNum(v ? v.saved.candidates : null), '',
       v ? `≈ ${fmtNum(v.saved.tokens_estimate)} tokens saved by early stopping` : '');
   }
@@ -220,6 +222,7 @@
       const td = document.createElement('td');
       td.textContent = text;
       if (i === 2 && r.errors > 0) td.className = 'bad';
+      if (i === 7 && r.cost_unknown_calls) td.title = `plus ${r.cost_unknown_calls} calls with unknown price`;
       tr.append(td);
     });
     return tr;
