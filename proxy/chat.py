@@ -163,4 +163,4 @@ async def run_scaling(services: Services, req: ChatRequest, route: Route, ledger
                        extra={"critiques": exc.critiques[:20], "candidates": len(exc.selection.candidates)},
                        headers={"x-its-verified": "false"}) from None
     rid, created = new_id()
-    return Outcome(route, req.model, selection, ledger, rid, created, req.messages)
+    return Outcome(route, req.model, selection, ledger, rid, created, req.messages, req.params)

@@ -122,21 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_arguments(sim)
     sim.set_defaults(func=cmd_simulate)
 
-    for register in _extra_commands():
-        register(sub)
+    from proxy.traces_cli import register as register_traces
+
+    register_traces(sub)
     return parser
-
-
-def _extra_commands():
-    """Subcommands other modules contribute (e.g. `traces`)."""
-    out = []
-    try:
-        from proxy.traces_cli import register
-
-        out.append(register)
-    except ImportError:
-        pass
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

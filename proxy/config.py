@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from proxy.schema import ConfigError, boolean, choice, integer, mapping, number, seq, string
+from proxy.traces import parse_traces
 from strategies.pipeline import Pipeline, build_pipeline
 from strategies.types import SpecError
 
@@ -218,6 +219,7 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         if any(r.name == route.name for r in routes):
             raise ConfigError(f"routes[{i}].name", f"duplicate route name {route.name!r}")
         routes.append(route)
+    parse_traces(data.get("traces"))  # validated at load, used by the trace hook
     sim = data.get("simulator")
     return Config(
         models=models,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config import Route
@@ -23,6 +23,7 @@ class Outcome:
     id: str
     created: int
     messages: list[dict[str, Any]]  # the client's conversation (for traces)
+    params: dict[str, Any] = field(default_factory=dict)  # the client's forwarded parameters (for traces)
 
     @property
     def winner(self) -> Candidate:

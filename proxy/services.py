@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from proxy.config import Config, Route
 from proxy.ledger import Ledger, RequestReport
 from proxy.routing import Router
+from proxy.traces import build_trace_hook
 from proxy.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -26,7 +27,10 @@ class Services:
         self.secrets = config.secrets
         self.streams = Streams(self)
         self._metrics = metrics
-        self.hooks: list[Any] = []  # extra observers of finished requests (traces, search)
+        self.hooks: list[Any] = []  # extra observers of finished requests
+        self.trace_hook = build_trace_hook(config)
+        if self.trace_hook is not None:
+            self.hooks.append(self.trace_hook)
         from proxy.search_store import SearchStores
 
         self.search_stores = SearchStores.from_config(config)  # augment_search state, opened lazily
@@ -64,4 +68,6 @@ class Services:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        if self.trace_hook is not None:
+            await self.trace_hook.aclose()
         await self.search_stores.aclose()

@@ -138,12 +138,17 @@ def _rising(x: int, m: int) -> int:
 
 # ---------------------------------------------------------------- stopping decisions
 
-def leaders(answers: Iterable[str | None]) -> tuple[int, int, int]:
-    """(v1, v2, answered): votes of the two leading answers and how many answers were extracted."""
+def _counts(answers: Iterable[str | None]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for a in answers:
         if a is not None:
             counts[a] = counts.get(a, 0) + 1
+    return counts
+
+
+def leaders(answers: Iterable[str | None]) -> tuple[int, int, int]:
+    """(v1, v2, answered): votes of the two leading answers and how many answers were extracted."""
+    counts = _counts(answers)
     top = sorted(counts.values(), reverse=True) + [0, 0]
     return top[0], top[1], sum(counts.values())
 
@@ -160,20 +165,16 @@ def _streak(answers: Sequence[str | None]) -> int:
     return n
 
 
-def _statistic(spec: AdaptiveSpec, answers: Sequence[str | None], drawn: int, max_n: int) -> Fraction | None:
-    v1, v2, answered = leaders(answers)
-    if spec.rule == "beta":
-        return beta_tail(v1 + 1, v2 + 1)
-    if spec.rule == "predictive":
-        return final_majority(v1, v2, answered, max_n - drawn)
-    return None
-
-
 def _met(spec: AdaptiveSpec, answers: Sequence[str | None], drawn: int, max_n: int) -> tuple[bool, Fraction | None]:
-    stat = _statistic(spec, answers, drawn, max_n)
+    """Whether the rule's condition holds (min and max aside), and its statistic."""
     if spec.rule == "window":
         return _streak(answers) >= spec.window, None
-    return stat is not None and stat >= spec.threshold, stat
+    v1, v2, answered = leaders(answers)
+    if spec.rule == "predictive":
+        stat = final_majority(v1, v2, answered, max_n - drawn)
+    else:
+        stat = beta_tail(v1 + 1, v2 + 1)
+    return stat >= spec.threshold, stat
 
 
 def should_stop(spec: AdaptiveSpec, answers: Sequence[str | None], drawn: int, max_n: int) -> Decision:
@@ -206,23 +207,16 @@ def draws_before_stop(spec: AdaptiveSpec, answers: Sequence[str | None], drawn: 
     agreeing with the leader). Drawing these at once costs no more tokens than drawing
     one at a time would, and saves rounds of latency."""
     left = max_n - drawn
-    v1, v2, answered = leaders(answers)
-    floor = max(0, min(spec.min, max_n) - answered)
+    floor = max(0, min(spec.min, max_n) - leaders(answers)[2])
     if spec.rule == "window":
         return min(left, max(floor, spec.window - _streak(answers)))
+    counts = _counts(answers)
+    leader = max(counts, key=counts.get) if counts else "\0leader"  # a placeholder before any answer
     for k in range(floor, left + 1):
-        extra = [*answers, *([_leader(answers)] * k)]
+        extra = [*answers, *([leader] * k)]
         if _met(spec, extra, drawn + k, max_n)[0]:
             return k
     return left
-
-
-def _leader(answers: Sequence[str | None]) -> str:
-    counts: dict[str, int] = {}
-    for a in answers:
-        if a is not None:
-            counts[a] = counts.get(a, 0) + 1
-    return max(counts, key=counts.get) if counts else "\0leader"  # placeholder before any answer
 
 
 def next_batch(spec: AdaptiveSpec, answers: Sequence[str | None], drawn: int, max_n: int) -> int:
@@ -230,6 +224,15 @@ def next_batch(spec: AdaptiveSpec, answers: Sequence[str | None], drawn: int, ma
     never more than what is left of max_n (0 = done)."""
     left = max(0, max_n - drawn)
     return min(left, max(spec.batch, draws_before_stop(spec, answers, drawn, max_n)))
+
+
+def next_verified_batch(spec: AdaptiveSpec, candidates: Sequence[Any], max_n: int) -> int:
+    """`next_batch` for verified routes: any draw may pass the checks, so `batch` (capped);
+    with keep_sampling_verified, the rule's bound over the verified candidates' answers."""
+    drawn = len(candidates)
+    if not spec.keep_sampling_verified:
+        return min(max(0, max_n - drawn), spec.batch)
+    return next_batch(spec, [c.answer for c in candidates if c.verified], drawn, max_n)
 
 
 # ---------------------------------------------------------------- evidence

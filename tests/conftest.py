@@ -28,7 +28,7 @@ def sim_models(sim_url: str, **variants: str) -> list[dict[str, Any]]:
     """model_list entries pointing at the simulator; variants map a name to model options."""
     names = {"sim": "sim", "sim-no-n": "sim@no_n", "sim-broken": "sim@fail_rate=1",
              "sim-hang": "sim@hang", "sim-slow": "sim@latency_ms=300", "sim-no-usage": "sim@no_usage",
-             "sim-max2": "sim@max_n=2", **variants}
+             "sim-max2": "sim@max_n=2", "sim-bad": "sim@bogus_option", **variants}
     return [{"model_name": name, "litellm_params": {"model": f"openai/{opts}", "api_base": f"{sim_url}/v1",
                                                      "api_key": KEY}}
             for name, opts in names.items()]
