@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hmac
 import logging
 import os
 from typing import Any
@@ -14,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from proxy.auth import AuthMiddleware
 from proxy.chat import Handler
 from proxy.config import Config, load_config
 from proxy.errors import ApiError
@@ -21,49 +20,6 @@ from proxy.services import Services
 
 log = logging.getLogger("itsproxy")
 CONFIG_ENV = "ITSPROXY_CONFIG"
-
-
-def _token(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, cred = value.partition(b" ")
-            if scheme.lower() == b"bearer":
-                return cred.strip()
-            if scheme.lower() == b"basic":  # lets a browser open the dashboard: any user, the key as password
-                try:
-                    return base64.b64decode(cred.strip()).partition(b":")[2]
-                except ValueError:
-                    return None
-    return None
-
-
-class AuthMiddleware:
-    """Bearer keys on /v1/*, /chat/*, /dashboard (and /metrics if protected); /health stays open."""
-
-    def __init__(self, app: Any, keys: list[str], protect_metrics: bool) -> None:
-        self.app = app
-        self.keys = [k.encode() for k in keys]
-        self.protect_metrics = protect_metrics
-
-    def guarded(self, path: str) -> bool:
-        if path.startswith(("/v1/", "/chat/", "/models", "/dashboard")):
-            return True
-        return self.protect_metrics and path.startswith("/metrics")
-
-    def allowed(self, token: bytes | None) -> bool:
-        ok = False
-        for key in self.keys:  # compare against every key: no early exit to time
-            ok |= token is not None and hmac.compare_digest(token, key)
-        return ok
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not self.keys or not self.guarded(scope["path"]):
-            return await self.app(scope, receive, send)
-        if self.allowed(_token(scope["headers"])):
-            return await self.app(scope, receive, send)
-        headers = {"www-authenticate": 'Basic realm="itsproxy"'} if scope["path"].startswith("/dashboard") else {}
-        err = ApiError(401, "Incorrect API key provided", code="invalid_api_key", headers=headers)
-        await err.response()(scope, receive, send)
 
 
 async def health(request: Request) -> Response:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import base64
-import binascii
 import hashlib
 import os
 import sqlite3
@@ -248,19 +246,3 @@ def build_budgets(raw: Any, state_dir: str, *, auth_enabled: bool) -> Budgets | 
         return None
     path = config.path or os.path.join(state_dir, "budgets.sqlite3")
     return Budgets(config, SqliteBudgetStore(path), auth_enabled=auth_enabled)
-
-
-def request_key(headers: Any) -> str | None:
-    """The client's API key from Starlette `request.headers`, read the way AuthMiddleware
-    reads it (Bearer, or Basic with the key as password), so a client cannot pick a
-    different budget bucket than the key it authenticated with."""
-    scheme, _, cred = (headers.get("authorization") or "").partition(" ")
-    scheme, cred = scheme.lower(), cred.strip()
-    if scheme == "basic":
-        try:
-            cred = base64.b64decode(cred).decode("utf-8", "replace").partition(":")[2]
-        except (binascii.Error, ValueError):
-            return None
-    elif scheme != "bearer":
-        return None
-    return cred or None

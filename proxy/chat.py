@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from proxy.auth import client_key
 from proxy.backends.base import UpstreamBusy, UpstreamError
 from proxy.config import Route
 from proxy.errors import ApiError, redact
-from proxy.ledger import Ledger, RequestReport
+from proxy.ledger import Ledger
 from proxy.params import ChatRequest, check_its_n, parse_request
 from proxy.respond import Outcome, new_id
 from proxy.services import Services
@@ -87,35 +87,31 @@ class Handler:
         self.s = services
 
     async def handle(self, request: Request) -> Response:
-        started = time.monotonic()
-        ledger = Ledger()
-        route: Route | None = None
-        report, outcome = None, None
+        ex = self.s.exchange(client_key(request.headers))
+        status, outcome, error, streaming = 200, None, None, False
         with self.s.inflight():
             try:
                 body = await read_json(request, self.s.config.server.max_body_bytes)
                 req = parse_request(body)
-                route = self.s.router.resolve(req.model)
+                await ex.admit(self.s.router.resolve(req.model))
+                route = ex.route
                 if req.stream:
-                    return await self.s.streams.open(request, req, route, ledger, started)
+                    response = await self.s.streams.open(request, req, ex)
+                    streaming = True  # from here the stream settles the exchange itself
+                    return response
                 if route.passthrough:
-                    resp = await guarded(request, self.passthrough(req, route, ledger), route.limits.timeout_s)
-                else:
-                    outcome = await guarded(request, self.scale(req, route, ledger), route.limits.timeout_s)
-                    report = self.s.report(route, 200, started, ledger, outcome)
-                    resp = JSONResponse(outcome.body(), headers=outcome.headers())
-                if report is None:
-                    report = self.s.report(route, 200, started, ledger)
-                return resp
+                    return await guarded(request, self.passthrough(req, route, ex.ledger), route.limits.timeout_s)
+                outcome = await guarded(request, self.scale(req, route, ex.ledger), route.limits.timeout_s)
+                return JSONResponse(outcome.body(), headers=outcome.headers())
             except ApiError as err:
-                report = self.s.report(route, err.status, started, ledger, error=err) if route else None
-                return err.response({"x-its-route": route.name} if route else None)
+                status, error = err.status, err
+                return err.response({"x-its-route": ex.route.name} if ex.route else None)
             except ClientGone:
-                report = self.s.report(route, 499, started, ledger)
+                status = 499
                 return Response(status_code=499)
             finally:
-                if report is not None:
-                    self.s.observe(report, outcome)
+                if not streaming:
+                    await ex.finish(status, outcome, error)
 
     async def passthrough(self, req: ChatRequest, route: Route, ledger: Ledger) -> JSONResponse:
         sampler = self.s.upstream.bind(ledger)

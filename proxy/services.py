@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from proxy.budgets import build_budgets
 from proxy.config import Config, Route
 from proxy.ledger import Ledger, RequestReport
 from proxy.routing import Router
@@ -34,6 +37,8 @@ class Services:
         from proxy.search_store import SearchStores
 
         self.search_stores = SearchStores.from_config(config)  # augment_search state, opened lazily
+        self.budgets = build_budgets(config.extra.get("budgets"), config.server.state_dir,
+                                     auth_enabled=bool(config.server.api_keys))
 
     def inflight(self) -> contextlib.AbstractContextManager:
         return self._metrics.inflight()
@@ -66,8 +71,46 @@ class Services:
         for hook in self.hooks:
             hook(report, outcome)
 
+    def exchange(self, key: str | None) -> "Exchange":
+        return Exchange(self, key, time.monotonic(), Ledger())
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
         if self.trace_hook is not None:
             await self.trace_hook.aclose()
         await self.search_stores.aclose()
+        if self.budgets is not None:
+            await self.budgets.aclose()
+        for route in self.config.routes:  # checkers and reward stages hold clients
+            for stage in route.pipeline.stages if route.pipeline else []:
+                if hasattr(stage, "aclose"):
+                    await stage.aclose()
+
+
+@dataclass
+class Exchange:
+    """One request's bookkeeping, settled exactly once whatever way it ends."""
+
+    services: Services
+    key: str | None  # the client's API key (for budgets)
+    started: float
+    ledger: Ledger
+    route: Route | None = None
+    settled: bool = False
+
+    async def admit(self, route: Route) -> None:
+        self.route = route
+        if self.services.budgets is not None:
+            await self.services.budgets.check(self.key)
+
+    async def finish(self, status: int, outcome: "Outcome | None" = None, error: Any = None) -> None:
+        if self.settled or self.route is None:
+            return
+        self.settled = True
+        s = self.services
+        s.observe(s.report(self.route, status, self.started, self.ledger, outcome, error), outcome)
+        if s.budgets is not None:
+            spent = self.ledger.total().total_tokens
+            cost = sum(c.cost_usd or 0.0 for c in self.ledger.calls)  # priced calls count even if others are not
+            # Shielded: a client leaving must not cancel the charge for what was spent.
+            await asyncio.shield(asyncio.ensure_future(s.budgets.charge(self.key, spent, cost)))

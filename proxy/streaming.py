@@ -18,14 +18,12 @@ from starlette.responses import StreamingResponse
 from starlette._utils import create_collapsing_task_group
 
 from proxy.backends.base import UpstreamError
-from proxy.config import Route
 from proxy.errors import ApiError
-from proxy.ledger import Ledger
 from proxy.params import ChatRequest
 from proxy.respond import Outcome, chunk, message_deltas, new_id
 
 if TYPE_CHECKING:
-    from proxy.services import Services
+    from proxy.services import Exchange, Services
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -57,20 +55,21 @@ class Streams:
     def __init__(self, services: "Services") -> None:
         self.s = services
 
-    async def open(self, request: Request, req: ChatRequest, route: Route, ledger: Ledger,
-                   started: float) -> EventStream:
+    async def open(self, request: Request, req: ChatRequest, ex: "Exchange") -> EventStream:
+        route = ex.route
         if route.passthrough:
-            return await self._passthrough(req, route, ledger, started)
+            return await self._passthrough(req, ex)
         from proxy.chat import scaling_context
 
-        scaling_context(self.s, req, route, ledger)  # validate its.n before the stream opens
-        return EventStream(self._scaling(req, route, ledger, started), headers={**SSE_HEADERS, "x-its-route": route.name})
+        scaling_context(self.s, req, route, ex.ledger)  # validate its.n before the stream opens
+        return EventStream(self._scaling(req, ex), headers={**SSE_HEADERS, "x-its-route": route.name})
 
-    async def _passthrough(self, req: ChatRequest, route: Route, ledger: Ledger, started: float) -> EventStream:
+    async def _passthrough(self, req: ChatRequest, ex: "Exchange") -> EventStream:
         from proxy.chat import upstream_failure
 
         body = req.upstream_body()
         body["stream_options"] = {"include_usage": True}  # always meter, even if the client did not ask
+        route, ledger = ex.route, ex.ledger
         upstream = self.s.upstream.bind(ledger).stream(route.target, body)
         try:
             first = await asyncio.wait_for(upstream.__anext__(), route.limits.timeout_s)
@@ -81,10 +80,12 @@ class Streams:
             raise ApiError(504, "the upstream did not start streaming in time", code="deadline_exceeded") from None
         except UpstreamError as exc:
             raise upstream_failure([exc], self.s.secrets, passthrough=True) from None
-        return EventStream(self._relay(req, route, ledger, started, first, upstream),
+        return EventStream(self._relay(req, ex, first, upstream),
                            headers={**SSE_HEADERS, "x-its-route": route.name})
 
-    async def _relay(self, req, route, ledger, started, first, upstream: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+    async def _relay(self, req: ChatRequest, ex: "Exchange", first: dict | None,
+                     upstream: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+        route, ledger = ex.route, ex.ledger
         status, held = 200, None
         try:
             chunks = _prepend(first, upstream)
@@ -113,15 +114,16 @@ class Streams:
             raise
         finally:
             await upstream.aclose()
-            self.s.observe(self.s.report(route, status, started, ledger))
+            await ex.finish(status)
 
-    async def _scaling(self, req: ChatRequest, route: Route, ledger: Ledger, started: float) -> AsyncIterator[bytes]:
+    async def _scaling(self, req: ChatRequest, ex: "Exchange") -> AsyncIterator[bytes]:
         from proxy.chat import run_scaling
 
+        route, ledger = ex.route, ex.ledger
         rid, created = new_id()
         yield sse(chunk(rid, created, req.model, {"role": "assistant", "content": ""}))
         task = asyncio.ensure_future(asyncio.wait_for(run_scaling(self.s, req, route, ledger), route.limits.timeout_s))
-        status, outcome = 200, None
+        status, outcome, error = 200, None, None
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=self.s.config.server.keepalive_s)
@@ -137,7 +139,7 @@ class Streams:
             for part in self._answer(req, outcome):
                 yield part
         except ApiError as err:
-            status = err.status
+            status, error = err.status, err
             yield sse(err.body())
         except asyncio.CancelledError:
             status = 499
@@ -146,7 +148,7 @@ class Streams:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-            self.s.observe(self.s.report(route, status, started, ledger, outcome), outcome)
+            await ex.finish(status, outcome, error)
 
     def _answer(self, req: ChatRequest, outcome: Outcome) -> list[bytes]:
         rid, created, model = outcome.id, outcome.created, req.model

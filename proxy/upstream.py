@@ -16,6 +16,7 @@ from proxy.backends.direct import DirectBackend, direct_capable
 from proxy.config import Config, ModelEntry
 from proxy.ledger import CallRecord, Ledger
 from proxy.pricing import call_cost
+from proxy.stream_assembly import StreamedMessage
 from proxy.tokens import count_message, count_messages
 from strategies.generate import derive_seed
 from strategies.types import Sample
@@ -175,10 +176,30 @@ class RequestSampler:
             for c, m, s in zip(choices, messages, shares)
         ]
 
-    async def stream(self, model: str, body: dict[str, Any], phase: str = "generate") -> AsyncIterator[dict]:
-        """Passthrough streaming: yields upstream chunks, meters them when the stream ends (or is cut)."""
+    async def sample_streaming(self, messages: list[dict[str, Any]], *, model: str, phase: str = "generate",
+                               params: dict[str, Any] | None = None) -> Sample:
+        """One candidate over a streaming call. Cancelling the caller closes the
+        stream (an upstream like vLLM then stops decoding) and the tokens already
+        produced are metered as `cancelled`."""
         entry = self.entry(model)
         record = self.ledger.open(phase, entry.name)
+        body = {**(params or {}), "messages": messages, "stream_options": {"include_usage": True}}
+        chunks = self.stream(model, body, phase, record=record)
+        message = StreamedMessage()
+        try:
+            async for chunk in chunks:
+                message.add(chunk)
+        finally:
+            await chunks.aclose()
+        return Sample(message=message.message(), finish_reason=message.finish_reason, model=entry.name,
+                      call_id=record.id, prompt_tokens=record.prompt_tokens,
+                      completion_tokens=record.completion_tokens, logprobs=message.logprobs())
+
+    async def stream(self, model: str, body: dict[str, Any], phase: str = "generate",
+                     record: CallRecord | None = None) -> AsyncIterator[dict]:
+        """Streaming: yields upstream chunks, meters them when the stream ends (or is cut)."""
+        entry = self.entry(model)
+        record = record or self.ledger.open(phase, entry.name)
         started = time.monotonic()
         usage: dict[str, Any] | None = None
         text: list[str] = []

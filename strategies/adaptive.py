@@ -26,7 +26,8 @@ from typing import Any, Iterable, Sequence
 from strategies.types import SpecError
 
 RULES = ("beta", "window", "predictive", "off")
-KEYS = ("rule", "confidence", "window", "min", "batch", "keep_sampling_verified")
+KEYS = ("rule", "confidence", "window", "min", "batch", "keep_sampling_verified", "mode")
+MODES = ("batch", "stream")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class AdaptiveSpec:
     min: int = 2  # never stop before this many candidates with an extracted answer
     batch: int = 2  # smallest number of candidates drawn per round
     keep_sampling_verified: bool = False
+    # batch: draw `batch` at a time (native n per batch), decide between batches.
+    # stream: keep `batch` single-candidate streams in flight, decide as each one
+    # finishes, and close the rest the moment the rule is met.
+    mode: str = "batch"
 
     @property
     def threshold(self) -> Fraction:
@@ -79,8 +84,11 @@ def parse_adaptive(raw: Any, path: str) -> AdaptiveSpec | None:
     keep = raw.get("keep_sampling_verified", False)
     if not isinstance(keep, bool):
         raise SpecError(f"{path}.keep_sampling_verified", f"must be true or false, got {keep!r}")
+    mode = raw.get("mode", "batch")
+    if mode not in MODES:
+        raise SpecError(f"{path}.mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     spec = AdaptiveSpec(rule, float(conf), _int(raw, "window", path, 4, 2), _int(raw, "min", path, 2, 1),
-                        _int(raw, "batch", path, 2, 1), keep)
+                        _int(raw, "batch", path, 2, 1), keep, mode)
     return None if rule == "off" else spec
 
 

@@ -25,7 +25,7 @@ The payload every checker sees (`payload_for`):
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from strategies.checkers import command, http, python_entry, schema
 from strategies.checkers._common import check_keys
@@ -73,7 +73,8 @@ def check_extractor(spec: dict, path: str = "check") -> str | None:
     return extract
 
 
-def payload_for(candidate: Candidate, messages: list[dict]) -> dict:
+def payload_for(candidate: Candidate, messages: list[dict], answer: Any = ...) -> dict:
+    """The JSON a checker receives; `answer` overrides the candidate's own extracted answer."""
     message = candidate.message
     cand: dict[str, Any] = {
         "role": message.get("role", "assistant"),
@@ -81,7 +82,7 @@ def payload_for(candidate: Candidate, messages: list[dict]) -> dict:
     }
     if message.get("tool_calls"):
         cand["tool_calls"] = message["tool_calls"]
-    return {"messages": messages, "candidate": cand, "answer": candidate.answer}
+    return {"messages": messages, "candidate": cand, "answer": candidate.answer if answer is ... else answer}
 
 
 async def _safe_check(checker: Checker, payload: dict) -> Verdict:
@@ -98,7 +99,8 @@ async def _safe_check(checker: Checker, payload: dict) -> Verdict:
 
 
 async def check_candidates(
-    checkers: list[Checker], candidates: list[Candidate], messages: list[dict]
+    checkers: list[Checker], candidates: list[Candidate], messages: list[dict],
+    answer_of: Callable[[Candidate], Any] | None = None,
 ) -> None:
     """Run every checker on every candidate concurrently (each checker's own cap
     applies) and append the verdicts to `candidate.verdicts` in checker order."""
@@ -106,7 +108,7 @@ async def check_candidates(
         return
     jobs = []
     for cand in candidates:
-        payload = payload_for(cand, messages)
+        payload = payload_for(cand, messages, ... if answer_of is None else answer_of(cand))
         jobs.extend(_safe_check(checker, payload) for checker in checkers)
     verdicts = await asyncio.gather(*jobs)
     k = len(checkers)

@@ -14,6 +14,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from strategies.adaptive import AdaptiveSpec, parse_adaptive
 from strategies.types import Candidate, Sampler, SpecError
 from strategies.search import parse_search
 
@@ -35,7 +36,7 @@ class GenerateSpec:
     augment: list[str] = field(default_factory=list)
     augment_as: str = "system"
     search: dict[str, Any] | None = None  # augment_search settings
-    adaptive: dict[str, Any] | None = None
+    adaptive: AdaptiveSpec | None = None
 
     @property
     def n(self) -> int:
@@ -106,26 +107,14 @@ def parse_generate(raw: dict[str, Any], path: str, models: set[str]) -> Generate
         max_tokens = _positive_int(max_tokens, f"{path}.max_tokens", 1)
     return GenerateSpec(pool=pool, temperature=_temperature(raw.get("temperature"), f"{path}.temperature"),
                         max_tokens=max_tokens, augment=list(augment), augment_as=augment_as,
-                        search=parse_search(raw, path))
+                        search=parse_search(raw, path),
+                        adaptive=parse_adaptive(raw.get("adaptive"), f"{path}.adaptive"))
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
     """A distinct, reproducible seed per candidate group (identical seeds would make identical candidates)."""
     digest = hashlib.sha256(repr((seed, *parts)).encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def scale_pool(pool: list[PoolMember], n: int) -> list[int]:
-    """Split n across the pool in proportion to each member's n (largest remainder)."""
-    total = sum(m.n for m in pool)
-    if n == total:
-        return [m.n for m in pool]
-    exact = [m.n * n / total for m in pool]
-    counts = [int(x) for x in exact]
-    order = sorted(range(len(pool)), key=lambda i: (-(exact[i] - counts[i]), i))
-    for i in order[: n - sum(counts)]:
-        counts[i] += 1
-    return counts
 
 
 def apply_augment(messages: list[dict[str, Any]], text: str, how: str) -> list[dict[str, Any]]:
@@ -155,32 +144,53 @@ class Group:
     count: int
 
 
-def plan_groups(spec: GenerateSpec, n: int, augment_counts: list[int] | None = None) -> list[Group]:
-    """Which model and augmenting string each of the n samples uses.
+def interleave(weights: list[int], length: int) -> list[int]:
+    """Indices 0..k-1 spread in proportion to `weights` (smooth weighted round-robin),
+    so any prefix of the sequence is itself close to proportional."""
+    total = sum(w for w in weights if w > 0)
+    if total <= 0:
+        return [i % len(weights) for i in range(length)]
+    current = [0] * len(weights)
+    out = []
+    for _ in range(length):
+        for i, w in enumerate(weights):
+            current[i] += max(w, 0)
+        pick = max(range(len(weights)), key=lambda i: (current[i], -i))
+        current[pick] -= total
+        out.append(pick)
+    return out
 
-    Without augmenting strings, one group per pool member. With them, each
-    member's samples are spread round-robin over the strings (or by
-    `augment_counts`, the share a search policy chose).
+
+def plan_slots(spec: GenerateSpec, start: int, n: int, augment_counts: list[int] | None = None,
+               ) -> list[tuple[int, int | None]]:
+    """(pool member, augmenting string) for candidates start..start+n-1 of a request.
+
+    Candidate i's model follows an interleaving of the pool in proportion to
+    each member's n; its string follows that member's own count of samples so
+    far, round-robin over the strings (or in proportion to `augment_counts`,
+    the share a search policy chose). Batches drawn one after another so see
+    the same mix as one big batch.
     """
-    groups: list[Group] = []
-    offset = 0
-    for member, count in zip(spec.pool, scale_pool(spec.pool, n)):
-        if not spec.augment:
-            if count:
-                groups.append(Group(member, None, count))
-            continue
-        k = len(spec.augment)
-        if augment_counts is not None:
-            per = scale_counts(augment_counts, count)
-        else:
-            per = [count // k + (1 if (i - offset) % k < count % k else 0) for i in range(k)]
-        offset = (offset + count) % k
-        groups.extend(Group(member, i, c) for i, c in enumerate(per) if c)
-    return groups
+    members = interleave([m.n for m in spec.pool], start + n)
+    k = len(spec.augment)
+    weights = augment_counts if augment_counts is not None else [1] * k
+    strings = interleave(weights, start + n) if k else []
+    seen = [0] * len(spec.pool)
+    slots = []
+    for i, m in enumerate(members):
+        occurrence = seen[m]
+        seen[m] += 1
+        if i >= start:
+            slots.append((m, strings[occurrence] if k else None))
+    return slots
 
 
-def scale_counts(weights: list[int], n: int) -> list[int]:
-    return scale_pool([PoolMember("", max(w, 0) or 0) for w in weights], n) if sum(weights) else [0] * len(weights)
+def plan_groups(spec: GenerateSpec, n: int, augment_counts: list[int] | None = None, offset: int = 0) -> list[Group]:
+    """The batch's slots grouped by (model, string): each group is one call with its n."""
+    counts: dict[tuple[int, int | None], int] = {}
+    for slot in plan_slots(spec, offset, n, augment_counts):
+        counts[slot] = counts.get(slot, 0) + 1
+    return [Group(spec.pool[m], a, c) for (m, a), c in counts.items()]
 
 
 async def draw(
@@ -195,9 +205,15 @@ async def draw(
     seed: int | None = None,
     phase: str = "generate",
     augment_counts: list[int] | None = None,
+    stream: bool = False,
 ) -> tuple[list[Candidate], list[BaseException]]:
-    """Draw one batch. Returns the candidates in draw order and the errors of failed groups."""
-    groups = plan_groups(spec, n, augment_counts)
+    """Draw one batch. Returns the candidates in draw order and the errors of failed groups.
+
+    `stream`: draw one candidate (n must be 1) over a streaming call, so that a
+    caller cancelling it stops upstream decoding and still meters what was produced.
+    """
+    # Later batches continue the round-robin where earlier ones stopped.
+    groups = plan_groups(spec, n, augment_counts, offset=start_index)
 
     async def run(gi: int, group: Group):
         msgs = messages
@@ -210,7 +226,9 @@ async def draw(
         if spec.max_tokens is not None:
             call_params["max_tokens"] = spec.max_tokens
         if seed is not None:
-            call_params["seed"] = derive_seed(seed, round, gi)
+            call_params["seed"] = derive_seed(seed, round, start_index, gi)
+        if stream:
+            return [await sampler.sample_streaming(msgs, model=group.member.model, phase=phase, params=call_params)]
         return await sampler.sample(msgs, model=group.member.model, n=group.count, phase=phase, params=call_params)
 
     results = await asyncio.gather(*(run(i, g) for i, g in enumerate(groups)), return_exceptions=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from strategies.adaptive_loop import AdaptiveDraw
 from strategies.extract import Extractor, build_extractor
 from strategies.generate import GenerateSpec, draw, parse_generate
 from strategies.repair import RepairSpec, backprompt, parse_repair
@@ -96,6 +97,8 @@ class Pipeline:
         if self.generate.search is not None:
             await search_run.learn(ctx, self.generate.search, selection)
         selection.info["rounds"] = rounds
+        if "stop" in ctx.info:
+            selection.info["stop"] = ctx.info["stop"]
         if hard:
             selection.verified = bool(selection.winner and selection.winner.verified)
         return selection
@@ -106,28 +109,45 @@ class Pipeline:
         messages = ctx.messages
         max_rounds = self.repair.rounds if (self.repair and self.filters) else 0
         for rnd in range(max_rounds + 1):
-            batch = await self._draw(ctx, messages, rnd, len(candidates))
+            if rnd == 0 and self.generate.adaptive is not None:
+                batch = await self._draw_adaptive(ctx, messages)  # checks as it goes
+            else:
+                batch = await self._draw(ctx, messages, rnd, len(candidates))
+                for stage in self.filters:
+                    await stage.apply(ctx, batch)
             candidates += batch
-            for stage in self.filters:
-                await stage.apply(ctx, batch)
             if not self.filters or any(c.verified for c in batch) or rnd == max_rounds:
                 break
             messages, sent = backprompt(self.repair, ctx.messages, batch)
             rounds.append({"round": rnd + 1, "after": [c.index for c in batch], **sent})
         return candidates, rounds
 
+    async def _plan_strings(self, ctx: RunContext, n: int) -> list[int] | None:
+        if self.generate.search is None:
+            return None
+        counts, _ = await search_run.plan(ctx, self.generate.search, n)
+        return counts
+
+    async def _draw_adaptive(self, ctx: RunContext, messages: list[dict[str, Any]]) -> list[Candidate]:
+        counts = await self._plan_strings(ctx, ctx.n)
+        drawn = await AdaptiveDraw(self, ctx, self.generate.adaptive, messages, counts).run()
+        ctx.info["stop"] = drawn.stop(ctx.n)
+        self._enough(drawn.candidates, drawn.errors, ctx.n)
+        return drawn.candidates
+
+    def _enough(self, batch: list[Candidate], errors: list[BaseException], n: int) -> None:
+        if len(batch) < min(self.min_candidates, n) or (not batch and errors):
+            raise NotEnoughCandidates(len(batch), self.min_candidates, errors)
+
     async def _draw(self, ctx: RunContext, messages: list[dict[str, Any]], rnd: int, start: int) -> list[Candidate]:
         n = ctx.n if rnd == 0 or not self.repair or not self.repair.n else self.repair.n
-        counts = None
-        if rnd == 0 and self.generate.search is not None:
-            counts, _ = await search_run.plan(ctx, self.generate.search, n)
+        counts = await self._plan_strings(ctx, n) if rnd == 0 else None
         batch, errors = await draw(ctx.sampler, self.generate, messages, ctx.params, n=n, start_index=start,
                                    round=rnd, seed=ctx.seed, phase="generate" if rnd == 0 else "repair",
                                    augment_counts=counts)
-        if rnd == 0 and len(batch) < min(self.min_candidates, n):
-            raise NotEnoughCandidates(len(batch), self.min_candidates, errors)
-        if not batch and errors:
-            raise NotEnoughCandidates(0, 1, errors)
+        if rnd == 0:
+            self._enough(batch, errors, n)
+        # A failed repair round is not fatal: the earlier rounds' candidates still stand.
         self.extract(batch)
         return batch
 

@@ -10,9 +10,10 @@ from datetime import datetime, timezone
 
 import pytest
 
+from proxy.auth import client_key
 from proxy.budgets import (
     ANONYMOUS, BudgetConfig, BudgetLimits, Budgets, MemoryBudgetStore, SqliteBudgetStore, build_budgets, key_id,
-    parse_budgets, request_key,
+    parse_budgets,
 )
 from proxy.errors import ApiError
 from proxy.schema import ConfigError
@@ -186,10 +187,10 @@ async def test_build_budgets_default_path_and_no_limits(tmp_path):
     await unlimited.check("sk-a")
 
 
-def test_request_key_reads_headers_like_the_auth_middleware():
-    assert request_key({"authorization": "Bearer sk-a"}) == "sk-a"
+def test_client_key_reads_headers_like_the_auth_middleware():
+    assert client_key({"authorization": "Bearer sk-a"}) == "sk-a"
     basic = base64.b64encode(b"user:sk-b").decode()
-    assert request_key({"authorization": f"Basic {basic}"}) == "sk-b"
-    assert request_key({"authorization": "Basic !!!"}) is None
-    assert request_key({}) is None
-    assert request_key({"authorization": "Bearer "}) is None
+    assert client_key({"authorization": f"Basic {basic}"}) == "sk-b"
+    assert client_key({"authorization": "Basic !!!"}) is None
+    assert client_key({}) is None
+    assert client_key({"authorization": "Bearer "}) is None
