@@ -143,7 +143,8 @@ def scaling_context(services: Services, req: ChatRequest, route: Route, ledger: 
     if pipeline.generate.temperature is not None or any(m.temperature is not None for m in pipeline.generate.pool):
         params.pop("temperature", None)
     return RunContext(messages=req.messages, params=params, sampler=services.upstream.bind(ledger), n=n,
-                      route=route.name, seed=seed, services=services, ledger=ledger)
+                      route=route.name, seed=seed, services=services, ledger=ledger,
+                      max_extra_tokens=route.limits.max_extra_tokens, max_cost_usd=route.limits.max_cost_usd)
 
 
 async def run_scaling(services: Services, req: ChatRequest, route: Route, ledger: Ledger) -> Outcome:

@@ -185,6 +185,10 @@ def _route(raw: Any, path: str, models: dict[str, ModelEntry]) -> Route:
         raise ConfigError(f"{path}.passthrough", "a passthrough route cannot also have select or repair")
     limits = mapping(raw.get("limits"), f"{path}.limits", {"max_n", "timeout_s", "max_extra_tokens", "max_cost_usd"})
     n = pipeline.generate.n
+    capped = limits.get("max_extra_tokens") is not None or limits.get("max_cost_usd") is not None
+    if capped and not (pipeline.generate.adaptive or pipeline.repair):
+        raise ConfigError(f"{path}.limits", "max_extra_tokens / max_cost_usd stop drawing between batches: "
+                          "they need generate.adaptive or repair (one batch cannot stop part-way)")
     max_n = integer(limits.get("max_n"), f"{path}.limits.max_n", default=n, minimum=1)
     return Route(
         name=name,

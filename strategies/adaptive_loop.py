@@ -44,6 +44,9 @@ class AdaptiveDraw:
         self.out = Drawn()
 
     def decide(self) -> Decision:
+        cap = self.ctx.spend_cap_reached(self.out.candidates)
+        if cap is not None:  # stop drawing, decide with what is there
+            return Decision(True, cap, None, self.spec.rule)
         if self.p.filters:
             d = stop_on_verified(self.spec, self.out.candidates, self.max_n)
             if not d.stop and self.out.finished >= self.max_n:

@@ -47,7 +47,28 @@ class RunContext:
     seed: int | None = None
     services: Any = None  # app-level helpers stages may need (search store, http client)
     ledger: Any = None  # proxy.ledger.Ledger: stages calling non-chat endpoints record their calls here
+    max_extra_tokens: int | None = None  # the route's per-request spend caps
+    max_cost_usd: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    def spend_cap_reached(self, candidates: list[Candidate]) -> str | None:
+        """Which per-request cap the spend so far has reached, if any.
+
+        Extra tokens so far = everything spent minus the dearest candidate's own
+        tokens (whichever wins, at least that much was extra): a lower bound, so
+        a cap only stops drawing once it is surely reached.
+        """
+        if self.ledger is None:
+            return None
+        if self.max_extra_tokens is not None:
+            own = max((c.sample.prompt_tokens + c.sample.completion_tokens for c in candidates), default=0)
+            if self.ledger.total().total_tokens - own >= self.max_extra_tokens:
+                return "max_extra_tokens"
+        if self.max_cost_usd is not None:
+            cost = self.ledger.cost_usd()
+            if cost is not None and cost >= self.max_cost_usd:
+                return "max_cost_usd"
+        return None
 
 
 def _stage_builders() -> dict[str, Callable[..., Any]]:
@@ -117,6 +138,10 @@ class Pipeline:
                     await stage.apply(ctx, batch)
             candidates += batch
             if not self.filters or any(c.verified for c in batch) or rnd == max_rounds:
+                break
+            cap = ctx.spend_cap_reached(candidates)
+            if cap is not None:  # no more repair rounds: decide with what is there, and say so
+                ctx.info["stop"] = {"rule": "repair", "reason": cap, "drawn": len(candidates), "rounds": rnd}
                 break
             messages, sent = backprompt(self.repair, ctx.messages, batch)
             rounds.append({"round": rnd + 1, "after": [c.index for c in batch], **sent})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -56,8 +57,10 @@ def test_env_references_resolve(monkeypatch):
     assert "sk-from-env" in c.secrets
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=60)
+def run_cli(*args, env=None):
+    env = {**os.environ, "ITS_API_KEY": "sk-example", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=60,
+                          env=env)
 
 
 def test_check_config_ok_on_the_examples():
@@ -82,6 +85,15 @@ def test_check_config_unreadable_and_not_yaml(tmp_path):
     junk.write_text("model_list: [unclosed")
     r = run_cli("check-config", str(junk))
     assert r.returncode == 2 and "not valid YAML" in r.stderr
+
+
+def test_example_needs_its_key():
+    r = run_cli("check-config", "config.yaml", env={"ITS_API_KEY": ""})
+    assert r.returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "ITS_API_KEY"}
+    r = subprocess.run([sys.executable, "-m", "proxy", "check-config", "config.yaml"], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 2 and "server.api_keys[0]: environment variable ITS_API_KEY is not set" in r.stderr
 
 
 def test_serve_refuses_public_host_without_keys():

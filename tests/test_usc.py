@@ -107,7 +107,7 @@ def test_usc_after_checks_picks_among_the_verified(make_proxy, sim):
 
 def test_usc_beats_a_single_sample(make_proxy, sim):
     """100 seeded questions, paired (the single route draws the usc route's first candidate).
-    Measured: single 0.64, usc 0.81."""
+    Measured here (simulator seed 1, question seed 2): single 0.660, usc 0.830."""
     gen = {"model": "sim", "temperature": 0.8}
     routes = [{"name": "one", "match": {"model": "one"}, "generate": {**gen, "n": 1}},
               route([{"usc": {"model": "sim"}}], n=5)]
