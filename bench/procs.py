@@ -12,6 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 def free_port() -> int:
@@ -66,7 +67,7 @@ class Proc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.started = time.perf_counter()
         self.popen = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True)
+                                      cwd=ROOT, start_new_session=True)
         log.close()
         url = f"http://127.0.0.1:{self.port}{self.health}"
         deadline = self.started + timeout

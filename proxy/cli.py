@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import sys
 import tempfile
@@ -11,6 +12,9 @@ import tempfile
 from proxy.schema import ConfigError
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+# Event-loop watchdog: asyncio debug mode, logging every callback that holds the loop
+# longer than this many milliseconds (and counting them; the count is printed at exit).
+LOOP_DEBUG_ENV = "ITSPROXY_LOOP_DEBUG_MS"
 
 
 def is_loopback(host: str) -> bool:
@@ -62,6 +66,45 @@ def _start_simulator(section: dict):
     return handle
 
 
+class SlowCallbacks(logging.StreamHandler):
+    """Writes asyncio's warnings to stderr and counts the slow-callback ones."""
+
+    count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith("Executing") and "took" in record.msg:
+            SlowCallbacks.count += 1
+        super().emit(record)
+
+
+def loop_debug_ms() -> float | None:
+    raw = os.environ.get(LOOP_DEBUG_ENV, "").strip()
+    return float(raw) if raw else None
+
+
+def debug_loop():
+    """uvicorn loop factory (`loop="proxy.cli:debug_loop"`): uvloop (or asyncio) in debug mode."""
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = (loop_debug_ms() or 100.0) / 1000.0
+    return loop
+
+
+def _watch_loop() -> str:
+    """The uvicorn `loop` setting; with ITSPROXY_LOOP_DEBUG_MS set, the debug loop and its counter."""
+    if loop_debug_ms() is None:
+        return "auto"
+    logging.getLogger("asyncio").addHandler(SlowCallbacks(sys.stderr))
+    return "proxy.cli:debug_loop"
+
+
 def cmd_serve(args) -> int:
     config = _load(args.config)
     if not is_loopback(args.host) and not config.server.api_keys and not config.server.allow_unauthenticated:
@@ -73,7 +116,8 @@ def cmd_serve(args) -> int:
     sim = _start_simulator(config.simulator) if config.simulator is not None else None
     print(summary(config), file=sys.stderr)
     print(f"itsproxy serving on http://{args.host}:{args.port}", file=sys.stderr)
-    opts = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    # uvicorn's "auto" picks uvloop and httptools when they are installed (uvicorn[standard]).
+    opts = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=False, loop=_watch_loop())
     try:
         if args.workers > 1:
             # Several processes share one metrics directory so /metrics adds them up.
@@ -88,6 +132,9 @@ def cmd_serve(args) -> int:
     finally:
         if sim is not None:
             sim.stop()
+        if loop_debug_ms() is not None:
+            print(f"itsproxy loop debug: {SlowCallbacks.count} callbacks took longer than {loop_debug_ms():g} ms",
+                  file=sys.stderr)
     return 0
 
 
