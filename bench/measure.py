@@ -54,7 +54,14 @@ def direct_target(sim_port: int, sc: Scenario) -> Target:
 
 
 def run(coro):
-    return asyncio.run(coro)
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
 
 
 def warm(target: Target, count: int) -> int:

@@ -115,7 +115,8 @@ def cmd_serve(args) -> int:
 
     sim = _start_simulator(config.simulator) if config.simulator is not None else None
     print(summary(config), file=sys.stderr)
-    print(f"itsproxy serving on http://{args.host}:{args.port}", file=sys.stderr)
+    print(f"itsproxy serving on http://{args.host}:{args.port}  (dashboard: /dashboard, metrics: /metrics)",
+          file=sys.stderr)
     # uvicorn's "auto" picks uvloop and httptools when they are installed (uvicorn[standard]).
     opts = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=False, loop=_watch_loop())
     try:

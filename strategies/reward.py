@@ -5,7 +5,8 @@ A discriminative reward model can rank candidates better than an LLM asked
 never make one verified. Two shapes:
 
     reward: {url: http://host/reward, api: generic|vllm_classify|vllm_pooling,
-             model?: name, timeout_s: 10, label?: correct|<index>, normalize: auto|logistic|none}
+             model?: name, timeout_s: 10, label?: correct|<index> (default: the last class),
+             normalize: auto|logistic|none}
     reward: {generative: {model: <model_list name>, rubric?: ..., temperature?: 0}}
 
 The endpoint is config only (never taken from a request). Generic contract:
