@@ -83,15 +83,18 @@ def loop_debug_ms() -> float | None:
 
 
 def debug_loop():
-    """uvicorn loop factory (`loop="proxy.cli:debug_loop"`): uvloop (or asyncio) in debug mode."""
+    """uvicorn loop factory (`loop="proxy.cli:debug_loop"`): uvloop (or asyncio) in debug mode.
+    Debug stays on: uvicorn's runner calls set_debug(False) on the loop it is given."""
     try:
         import uvloop
 
-        loop = uvloop.new_event_loop()
+        base: type = uvloop.Loop
     except ImportError:
         import asyncio
 
-        loop = asyncio.new_event_loop()
+        base = type(asyncio.new_event_loop())
+    pinned = type("DebugLoop", (base,), {"set_debug": lambda self, enabled: base.set_debug(self, True)})
+    loop = pinned()
     loop.set_debug(True)
     loop.slow_callback_duration = (loop_debug_ms() or 100.0) / 1000.0
     return loop

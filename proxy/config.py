@@ -181,6 +181,11 @@ def _route(raw: Any, path: str, models: dict[str, ModelEntry]) -> Route:
         pipeline = build_pipeline(raw, path, set(models))
     except SpecError as exc:
         raise ConfigError(exc.path, exc.message) from None
+    for stage in pipeline.stages:  # judges, reward models and USC name models too
+        for model in getattr(stage, "models", []):
+            if model not in models:
+                raise ConfigError(getattr(stage, "model_path", f"{path}.select"),
+                                  f"unknown model {model!r}; model_list has {', '.join(sorted(models))}")
     if passthrough and (raw.get("select") or raw.get("repair")):
         raise ConfigError(f"{path}.passthrough", "a passthrough route cannot also have select or repair")
     limits = mapping(raw.get("limits"), f"{path}.limits", {"max_n", "timeout_s", "max_extra_tokens", "max_cost_usd"})

@@ -22,8 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Iterable
 
-from proxy.backends.base import UpstreamError
-from strategies.types import Candidate, SpecError
+from strategies.types import Candidate, SampleError, SpecError
 
 CONCURRENCY = 8  # judge calls in flight per stage run: a wide n must not flood the upstream
 SYSTEM = ("You are a careful, strict grader. Judge whether answers to the user's request are correct, not "
@@ -106,9 +105,10 @@ async def bounded_gather(coros: Iterable[Awaitable[Any]], limit: int = CONCURREN
     return list(await asyncio.gather(*(run(c) for c in coros)))
 
 
-def failed_note(stage: str, exc: UpstreamError) -> str:
+def failed_note(stage: str, exc: SampleError) -> str:
     # Status or class only: an upstream's error text is not ours to echo into evidence.
-    return f"{stage}: call failed ({f'HTTP {exc.status}' if exc.status else type(exc).__name__})"
+    status = getattr(exc, "status", None)
+    return f"{stage}: call failed ({f'HTTP {status}' if status else type(exc).__name__})"
 
 
 def set_score(c: Candidate, key: str, value: float) -> None:
@@ -149,7 +149,7 @@ async def ask_yes_no(ctx: Any, *, model: str, phase: str, stage: str, text: str,
     params = {"temperature": temperature, "max_tokens": max_tokens, "logprobs": True, "top_logprobs": 5}
     try:
         sample = (await ctx.sampler.sample(messages, model=model, n=1, phase=phase, params=params))[0]
-    except UpstreamError as exc:
+    except SampleError as exc:
         return None, [failed_note(stage, exc)]
     p = yes_probability(sample.logprobs)
     if p is not None:
@@ -267,7 +267,7 @@ class JudgeStage:
         try:
             sample = (await ctx.sampler.sample(messages, model=self.model, n=1, phase="judge",
                                                params=self._params(rf)))[0]
-        except UpstreamError as exc:
+        except SampleError as exc:
             return None, [failed_note("judge", exc)]
         reply = parse_json_object(sample.text) or {}
         score = reply.get("score")
@@ -300,7 +300,7 @@ class JudgeStage:
         try:
             sample = (await ctx.sampler.sample(messages, model=self.model, n=1, phase="judge",
                                                params=self._params(rf)))[0]
-        except UpstreamError as exc:
+        except SampleError as exc:
             return _forfeit(a, b, failed_note("judge", exc))
         reply = parse_json_object(sample.text)
         winner = reply.get("winner") if reply else sample.text.strip().strip('"')

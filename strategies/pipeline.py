@@ -16,6 +16,10 @@ from strategies.generate import GenerateSpec, draw, parse_generate
 from strategies.repair import RepairSpec, backprompt, parse_repair
 from strategies import search_run
 from strategies.types import Candidate, Sampler, Selection, SpecError
+from strategies.check_stage import CheckStage
+from strategies.judge import JudgeStage
+from strategies.reward import RewardStage
+from strategies.usc import UscStage
 from strategies.vote import Tally, VoteStage
 
 
@@ -72,10 +76,6 @@ class RunContext:
 
 
 def _stage_builders() -> dict[str, Callable[..., Any]]:
-    from strategies.check_stage import CheckStage  # imported here: checkers pull optional modules
-    from strategies.judge import JudgeStage  # these three import proxy.backends (which imports us)
-    from strategies.reward import RewardStage
-    from strategies.usc import UscStage
 
     return {"vote": VoteStage.build, "check": CheckStage.build, "judge": JudgeStage.build,
             "reward": RewardStage.build, "usc": UscStage.build}
@@ -193,13 +193,17 @@ class Pipeline:
         if picker is not None:
             tally: Tally = await picker.pick(ctx, pool)
             winner = tally.winner
-            reasons = ["tie broken by earliest candidate"] if tally.tie else []
+            reasons = (["tie broken by earliest candidate"] if tally.tie else []) + list(getattr(tally, "reasons", []))
             if winner is None:  # nobody had an extractable answer: fall back, and say so
                 winner, reasons = pool[0], ["no candidate had an extractable answer; returned the first"]
             return Selection(winner, everyone, self.strategy, votes=tally.votes, tie=tally.tie, reasons=reasons,
                              info={"agreement": tally.agreement})
         if any(s.role == "scorer" for s in self.stages):
-            winner = max(pool, key=lambda c: (c.scores.get("score", float("-inf")), -c.index))
+            scored = [c for c in pool if "score" in c.scores]
+            if not scored:
+                return Selection(pool[0], everyone, self.strategy,
+                                 reasons=["no candidate could be scored; returned the first"])
+            winner = max(scored, key=lambda c: (c.scores["score"], -c.index))
             return Selection(winner, everyone, self.strategy, reasons=["highest score"])
         return Selection(pool[0], everyone, self.strategy, reasons=["first successful candidate"])
 

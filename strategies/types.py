@@ -20,6 +20,10 @@ class SpecError(ValueError):
         self.message = message
 
 
+class SampleError(Exception):
+    """A Sampler could not get any choice (the proxy's UpstreamError is one)."""
+
+
 @dataclass
 class Sample:
     """One choice returned by one upstream call."""
@@ -103,8 +107,8 @@ class Selection:
 class Sampler(Protocol):
     """Draws completions for one request; bound to its ledger and deadline.
 
-    Raises `proxy.upstream.UpstreamError` subclasses only when no choice at
-    all could be had; a partial batch is returned as what it is.
+    Raises `SampleError` only when no choice at all could be had; a partial
+    batch is returned as what it is.
     """
 
     async def sample(

@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.backends.base import UpstreamError
 from strategies.judge import (UNPARSEABLE, answer_block, candidate_text, check_keys, failed_note, json_schema,
                               model_name, parse_json_object, positive_int, request_text, temperature,
                               verifier_messages)
-from strategies.types import Candidate, SpecError
+from strategies.types import Candidate, SampleError, SpecError
 from strategies.vote import Tally
 
 ASK = ("Evaluate these responses. Select the most consistent response based on majority consensus. "
@@ -79,7 +78,7 @@ class UscStage:
             params["max_tokens"] = self.max_tokens
         try:
             sample = (await ctx.sampler.sample(messages, model=self.model, n=1, phase="usc", params=params))[0]
-        except UpstreamError as exc:
+        except SampleError as exc:
             return None, failed_note("usc", exc)
         best = _best(sample.text, ids)
         return (shown[ids.index(best)], "") if best is not None else (None, f"usc: {UNPARSEABLE}")

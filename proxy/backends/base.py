@@ -6,6 +6,7 @@ import re
 from typing import Any, AsyncIterator, Protocol
 
 from proxy.config import ModelEntry
+from strategies.types import SampleError
 
 # Providers say "n is not supported" in many ways.
 _N_ERROR = re.compile(
@@ -15,7 +16,7 @@ _N_ERROR = re.compile(
 )
 
 
-class UpstreamError(Exception):
+class UpstreamError(SampleError):
     """An upstream call failed. `status` is the upstream's HTTP status when it answered."""
 
     def __init__(self, message: str, status: int | None = None, param: str | None = None,

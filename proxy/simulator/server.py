@@ -268,6 +268,7 @@ async def _pooled(request: Request, kind: str) -> Response:
     else:
         data = [{"index": i, "object": "pooling", "data": [p]} for i, p in enumerate(probs)]
     prompt_tokens = sum(tokens.count_text(t) for t in inputs)
+    st.stats.billed(model, prompt_tokens, 0)  # what a vLLM pooling endpoint bills
     return _json({"id": wire.new_id(f"{kind}-"), "object": "list", "created": int(time.time()), "model": model,
                   "data": data, "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens,
                                           "completion_tokens": 0, "prompt_tokens_details": None}})

@@ -1,0 +1,1 @@
+"""itsproxy benchmarks: `python -m bench` (see bench/README.md)."""
