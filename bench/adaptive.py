@@ -64,7 +64,7 @@ TEMPERATURE = 0.8
 CONCURRENCY = 8
 # Simulated serving: time to first token (with jitter), and decode time per streamed
 # 3-token chunk, so that a cancelled stream is cut part-way like a real one.
-LATENCY_MS, JITTER_MS, STREAM_DELAY_MS = 4.0, 6.0, 2.0
+LATENCY_MS, JITTER_MS, STREAM_DELAY_MS = 1.0, 3.0, 3.0
 
 MIXES = {"70% easy": 0.7, "hard only": 0.0}
 

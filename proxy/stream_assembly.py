@@ -15,19 +15,22 @@ class StreamedMessage:
 
     def add(self, chunk: dict[str, Any]) -> None:
         for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                self.content.append(delta["content"])
-            for tc in delta.get("tool_calls") or []:
-                self._tool_delta(tc)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-            lp = choice.get("logprobs")
-            if lp:
-                self.saw_logprobs = True
-                self.logprob_content += lp.get("content") or []
+            if choice.get("index", 0) == 0:
+                self.add_choice(choice)
+
+    def add_choice(self, choice: dict[str, Any]) -> None:
+        """One choice's delta; `finish_reason` is set once the choice is done."""
+        delta = choice.get("delta") or {}
+        if delta.get("content"):
+            self.content.append(delta["content"])
+        for tc in delta.get("tool_calls") or []:
+            self._tool_delta(tc)
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        lp = choice.get("logprobs")
+        if lp:
+            self.saw_logprobs = True
+            self.logprob_content += lp.get("content") or []
 
     def _tool_delta(self, tc: dict[str, Any]) -> None:
         slot = self.tool_calls.setdefault(tc.get("index", len(self.tool_calls)),

@@ -17,7 +17,7 @@ from proxy.config import Config, ModelEntry
 from proxy.ledger import CallRecord, Ledger
 from proxy.pricing import call_cost
 from proxy.stream_assembly import StreamedMessage
-from proxy.tokens import count_message, count_messages
+from proxy.tokens import count_message, count_messages, warm as warm_tokenizer
 from strategies.generate import derive_seed
 from strategies.types import Sample
 
@@ -34,6 +34,13 @@ class Upstream:
         self.semaphore = asyncio.Semaphore(server.max_upstream_concurrency)
         # model name -> True (n works), False (n refused: fan out). Seeded from model_info.supports_n.
         self.n_support: dict[str, bool] = {k: m.supports_n for k, m in self.models.items() if m.supports_n is not None}
+        # Slow first uses happen here, at startup, never inside a request (they would block the event loop):
+        # the tokenizer (~0.4 s; it splits n-call usage across choices and counts missing usage), and
+        # litellm's cost map (an `import litellm`, seconds) for models whose prices model_list does not set.
+        warm_tokenizer()
+        for entry in self.models.values():
+            if not _prices_set(entry):
+                call_cost(entry, 0, 0)
 
     def _make_litellm(self) -> Backend:
         from proxy.backends.litellm_path import LitellmBackend
@@ -61,8 +68,24 @@ class Upstream:
             raise UpstreamBusy("the proxy is at its upstream concurrency limit; try again shortly", 503) from None
 
 
+def _prices_set(entry: ModelEntry) -> bool:
+    return entry.input_cost_per_token is not None and entry.output_cost_per_token is not None
+
+
+def _cost(entry: ModelEntry, prompt: int, completion: int, cached: int) -> float | None:
+    """`call_cost`, without its cost-map lookup when model_list sets both prices (the map is then
+    unused: the same figure, and litellm is never imported for it)."""
+    if not _prices_set(entry):
+        return call_cost(entry, prompt, completion, cached)
+    price_in = entry.input_cost_per_token
+    cached = min(cached, prompt)
+    return (prompt - cached) * price_in + cached * price_in + completion * entry.output_cost_per_token
+
+
 def split_completion(total: int, messages: list[dict[str, Any]]) -> list[int]:
     """Share one call's completion tokens across its choices by their tiktoken counts, exactly."""
+    if len(messages) <= 1 or total == 0:  # nothing to split: the same shares, without tokenizing
+        return [total] * len(messages)
     counts = [count_message(m) for m in messages]
     if not counts:
         return []
@@ -122,7 +145,7 @@ class RequestSampler:
             record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
             record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True
-        record.cost_usd = call_cost(entry, record.prompt_tokens, record.completion_tokens, record.cached_tokens)
+        record.cost_usd = _cost(entry, record.prompt_tokens, record.completion_tokens, record.cached_tokens)
 
     async def sample(self, messages: list[dict[str, Any]], *, model: str, n: int = 1, phase: str = "generate",
                      params: dict[str, Any] | None = None) -> list[Sample]:
@@ -195,6 +218,38 @@ class RequestSampler:
                       call_id=record.id, prompt_tokens=record.prompt_tokens,
                       completion_tokens=record.completion_tokens, logprobs=message.logprobs())
 
+    async def stream_choices(self, messages: list[dict[str, Any]], *, model: str, n: int, phase: str = "generate",
+                             params: dict[str, Any] | None = None) -> AsyncIterator[Sample]:
+        """One streaming call with `n`: yields each choice as soon as it finishes.
+
+        Closing the iterator closes the upstream stream; choices still decoding
+        are metered as part of the call (`cancelled`). Token figures of the
+        yielded samples are final once the iterator is closed.
+        """
+        entry = self.entry(model)
+        record = self.ledger.open(phase, entry.name)
+        body = {**(params or {}), "messages": messages, "n": n, "stream_options": {"include_usage": True}}
+        chunks = self.stream(model, body, phase, record=record)
+        parts: dict[int, StreamedMessage] = {}
+        done: list[Sample] = []
+        try:
+            async for chunk in chunks:
+                for choice in chunk.get("choices") or []:
+                    part = parts.setdefault(choice.get("index", 0), StreamedMessage())
+                    part.add_choice(choice)
+                    if choice.get("finish_reason"):
+                        message = part.message()
+                        done.append(Sample(message=message, finish_reason=part.finish_reason, model=entry.name,
+                                           call_id=record.id, completion_tokens=count_message(message),
+                                           logprobs=part.logprobs()))
+                        yield done[-1]
+        finally:
+            await chunks.aclose()
+            shares = split_completion(record.completion_tokens, [d.message for d in done]) \
+                if record.outcome == "ok" and len(done) == n else [d.completion_tokens for d in done]
+            for sample, share in zip(done, shares):
+                sample.prompt_tokens, sample.completion_tokens = record.prompt_tokens, share
+
     async def stream(self, model: str, body: dict[str, Any], phase: str = "generate",
                      record: CallRecord | None = None) -> AsyncIterator[dict]:
         """Streaming: yields upstream chunks, meters them when the stream ends (or is cut)."""
@@ -242,7 +297,7 @@ class RequestSampler:
             record.completion_tokens = count_message({"content": text + tool_text})
             record.estimated = True
         record.choices = 1
-        record.cost_usd = call_cost(entry, record.prompt_tokens, record.completion_tokens, record.cached_tokens)
+        record.cost_usd = _cost(entry, record.prompt_tokens, record.completion_tokens, record.cached_tokens)
 
 
 def _message(choice: dict[str, Any]) -> dict[str, Any]:

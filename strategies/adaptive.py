@@ -27,7 +27,7 @@ from strategies.types import SpecError
 
 RULES = ("beta", "window", "predictive", "off")
 KEYS = ("rule", "confidence", "window", "min", "batch", "keep_sampling_verified", "mode")
-MODES = ("batch", "stream")
+MODES = ("batch", "stream", "stream_n")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class AdaptiveSpec:
     # batch: draw `batch` at a time (native n per batch), decide between batches.
     # stream: keep `batch` single-candidate streams in flight, decide as each one
     # finishes, and close the rest the moment the rule is met.
+    # stream_n: one streaming call with n = max; decide as its choices finish, then close it.
     mode: str = "batch"
 
     @property

@@ -13,8 +13,8 @@ from typing import Any
 
 from strategies.adaptive import (AdaptiveSpec, Decision, mean_completion_tokens, next_batch, next_verified_batch,
                                  should_stop, stop_info, stop_on_verified)
-from strategies.generate import draw
-from strategies.types import Candidate
+from strategies.generate import derive_seed, draw, member_params
+from strategies.types import Candidate, SampleError
 
 
 @dataclass
@@ -81,6 +81,8 @@ class AdaptiveDraw:
     async def run(self) -> Drawn:
         if self.spec.mode == "stream":
             await self._streams()
+        elif self.spec.mode == "stream_n":
+            await self._stream_n()
         else:
             await self._batches()
         self.out.candidates.sort(key=lambda c: c.index)
@@ -112,3 +114,29 @@ class AdaptiveDraw:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _stream_n(self) -> None:
+        """One streaming call with n = max; each finished choice is a candidate."""
+        gen = self.p.generate
+        seed = None if self.ctx.seed is None else derive_seed(self.ctx.seed, 0, 0, 0)
+        params = member_params(gen, gen.pool[0], self.ctx.params, seed)
+        choices = self.ctx.sampler.stream_choices(self.messages, model=gen.pool[0].model, n=self.max_n,
+                                                  params=params)
+        self.out.attempted = self.max_n
+        try:
+            async for sample in choices:
+                c = Candidate(index=len(self.out.candidates), sample=sample)
+                self.out.finished += 1
+                self.p.extract([c])
+                for stage in self.p.filters:
+                    await stage.apply(self.ctx, [c])
+                self._take([c], [])
+                self.out.decision = self.decide()
+                if self.out.decision.stop and self.out.decision.reason != "max_n":
+                    break  # at max_n every choice is in: let the stream end with its usage
+        except SampleError as exc:
+            self.out.errors.append(exc)
+        finally:
+            await choices.aclose()  # stops the choices still decoding
+        # `drawn` counts the choices that finished; the rest were cut short.
+        self.out.attempted = self.out.finished

@@ -105,10 +105,13 @@ def parse_generate(raw: dict[str, Any], path: str, models: set[str]) -> Generate
     max_tokens = raw.get("max_tokens")
     if max_tokens is not None:
         max_tokens = _positive_int(max_tokens, f"{path}.max_tokens", 1)
+    adaptive = parse_adaptive(raw.get("adaptive"), f"{path}.adaptive")
+    if adaptive is not None and adaptive.mode == "stream_n" and (len(pool) > 1 or augment):
+        raise SpecError(f"{path}.adaptive.mode", "stream_n is one call: it needs a single model and no augment")
     return GenerateSpec(pool=pool, temperature=_temperature(raw.get("temperature"), f"{path}.temperature"),
                         max_tokens=max_tokens, augment=list(augment), augment_as=augment_as,
                         search=parse_search(raw, path),
-                        adaptive=parse_adaptive(raw.get("adaptive"), f"{path}.adaptive"))
+                        adaptive=adaptive)
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -193,6 +196,20 @@ def plan_groups(spec: GenerateSpec, n: int, augment_counts: list[int] | None = N
     return [Group(spec.pool[m], a, c) for (m, a), c in counts.items()]
 
 
+def member_params(spec: GenerateSpec, member: PoolMember, params: dict[str, Any], seed: int | None,
+                  ) -> dict[str, Any]:
+    """A call's parameters: the client's, then the route's temperature and max_tokens, then the seed."""
+    out = dict(params)
+    temperature = member.temperature if member.temperature is not None else spec.temperature
+    if temperature is not None:
+        out["temperature"] = temperature
+    if spec.max_tokens is not None:
+        out["max_tokens"] = spec.max_tokens
+    if seed is not None:
+        out["seed"] = seed
+    return out
+
+
 async def draw(
     sampler: Sampler,
     spec: GenerateSpec,
@@ -219,14 +236,8 @@ async def draw(
         msgs = messages
         if group.augment_index is not None:
             msgs = apply_augment(messages, spec.augment[group.augment_index], spec.augment_as)
-        call_params = dict(params)
-        temperature = group.member.temperature if group.member.temperature is not None else spec.temperature
-        if temperature is not None:
-            call_params["temperature"] = temperature
-        if spec.max_tokens is not None:
-            call_params["max_tokens"] = spec.max_tokens
-        if seed is not None:
-            call_params["seed"] = derive_seed(seed, round, start_index, gi)
+        call_params = member_params(spec, group.member, params,
+                                    None if seed is None else derive_seed(seed, round, start_index, gi))
         if stream:
             return [await sampler.sample_streaming(msgs, model=group.member.model, phase=phase, params=call_params)]
         return await sampler.sample(msgs, model=group.member.model, n=group.count, phase=phase, params=call_params)
