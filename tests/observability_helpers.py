@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable
 
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from proxy import dashboard
+from proxy import dashboard, serving
 from proxy.ledger import CallRecord, RequestReport, Tokens
 
 WAIT_S = 30.0  # upper bound for every wait on an external process
@@ -73,26 +71,23 @@ def build_app(on_stats: Callable[[], None] | None = None, api_key: str | None = 
 
 
 class LoopbackServer:
-    """uvicorn serving `app` on 127.0.0.1 (a free port) in a daemon thread."""
+    """`app` served on 127.0.0.1 (a free port) in a daemon thread, as the proxy's tests serve it."""
 
     def __init__(self, app) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.app = app
+        self.handle = None
         self.port = 0
 
     def __enter__(self) -> LoopbackServer:
-        self.thread.start()
-        wait_until(lambda: self.server.started, "uvicorn to start", timeout=10)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.handle = serving.serve_in_thread(serving.embedded_config(self.app, lifespan="off"))
+        self.port = self.handle.port
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.handle.stop()
 
     def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.handle.url}{path}"
 
 
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT_S,
