@@ -277,7 +277,8 @@ def verdicts(results: list[Result]) -> list[str]:
         if b:
             out.append(f"  - {r.mix}, max {r.max_n}, {r.variant.rule}: batch {b.total:,} ({b.completion:,}), "
                        f"{b.calls:,} calls; stream {r.total:,} ({r.completion:,}), {r.calls:,} calls, "
-                       f"{r.cancelled:,} cancelled -> stream costs x{r.total / b.total:.2f} total, "
+                       f"{r.cancelled:,} cancelled -> stream costs x{r.total / b.total:.2f} total "
+                       f"(x{r.sim_total / b.sim_total:.2f} as the simulator billed it), "
                        f"x{r.completion / b.completion:.2f} generated")
     return out
 
@@ -300,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="60 questions, fewer configs")
     ap.add_argument("--questions", type=int, default=None, help="number of questions (default 300, quick 60)")
+    ap.add_argument("--confidence", type=float, default=CONFIDENCE, help="beta/predictive confidence (0.95)")
     args = ap.parse_args(argv)
+    globals()["CONFIDENCE"] = args.confidence  # read by Variant.route and the header
     count = args.questions or (60 if args.quick else 300)
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     variants = QUICK_VARIANTS if args.quick else FULL_VARIANTS
@@ -319,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print()
     print("\n".join(verdicts(results)))
+    if _QuietDisconnects.count:
+        print(f"\n(The simulator logged {_QuietDisconnects.count} ClientDisconnect tracebacks, silenced: "
+              "stream-mode calls the proxy closed while the simulator was still reading the request.)")
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request

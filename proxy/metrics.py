@@ -103,34 +103,47 @@ def observe(report: RequestReport) -> None:
         log.exception("metrics.observe failed for route %r", getattr(report, "route", None))
 
 
+# labels() validates and locks on every call; the children it returns never change, so each
+# label combination is looked up once (bounded by the same cardinality as the metrics themselves).
+_CHILDREN: dict[tuple, object] = {}
+
+
+def _child(metric, *values):
+    key = (id(metric), values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child
+
+
 def _observe(r: RequestReport) -> None:
     route = r.route
-    REQUESTS.labels(route, str(r.status)).inc()
-    DURATION.labels(route).observe(max(0.0, r.duration_s))
+    _child(REQUESTS, route, str(r.status)).inc()
+    _child(DURATION, route).observe(max(0.0, r.duration_s))
     for call in r.calls:
         _observe_call(route, call)
-    SELECTED_TOKENS.labels(route).inc(_nonneg(r.selected.total_tokens))
-    EXTRA_TOKENS.labels(route).inc(_nonneg(r.extra_tokens))
+    _child(SELECTED_TOKENS, route).inc(_nonneg(r.selected.total_tokens))
+    _child(EXTRA_TOKENS, route).inc(_nonneg(r.extra_tokens))
     if r.candidates > 0:
-        CANDIDATES.labels(route).observe(r.candidates)
+        _child(CANDIDATES, route).observe(r.candidates)
     if r.agreement is not None:
-        AGREEMENT.labels(route).observe(min(1.0, max(0.0, r.agreement)))
+        _child(AGREEMENT, route).observe(min(1.0, max(0.0, r.agreement)))
     if r.verified is not None:
-        VERIFIED.labels(route, "pass" if r.verified else "fail").inc()
+        _child(VERIFIED, route, "pass" if r.verified else "fail").inc()
     # inc(0) still creates the per-route series, so rate() and the stats see a 0, not a gap.
-    DISAGREEMENTS.labels(route).inc(_nonneg(r.judge_checker_disagreements))
-    CANDIDATES_SAVED.labels(route).inc(_nonneg(r.candidates_saved))
-    TOKENS_SAVED.labels(route).inc(_nonneg(r.tokens_saved_estimate))
+    _child(DISAGREEMENTS, route).inc(_nonneg(r.judge_checker_disagreements))
+    _child(CANDIDATES_SAVED, route).inc(_nonneg(r.candidates_saved))
+    _child(TOKENS_SAVED, route).inc(_nonneg(r.tokens_saved_estimate))
 
 
 def _observe_call(route: str, call) -> None:
-    UPSTREAM_CALLS.labels(route, call.model, call.phase, call.outcome).inc()
-    TOKENS.labels(route, call.model, call.phase, "prompt").inc(_nonneg(call.prompt_tokens))
-    TOKENS.labels(route, call.model, call.phase, "completion").inc(_nonneg(call.completion_tokens))
+    _child(UPSTREAM_CALLS, route, call.model, call.phase, call.outcome).inc()
+    _child(TOKENS, route, call.model, call.phase, "prompt").inc(_nonneg(call.prompt_tokens))
+    _child(TOKENS, route, call.model, call.phase, "completion").inc(_nonneg(call.completion_tokens))
     if call.cost_usd is not None:
-        COST.labels(route, call.model, call.phase).inc(_nonneg(call.cost_usd))
+        _child(COST, route, call.model, call.phase).inc(_nonneg(call.cost_usd))
     elif call.total_tokens:
-        COST_UNKNOWN.labels(route, call.model).inc()
+        _child(COST_UNKNOWN, route, call.model).inc()
 
 
 def _nonneg(x):

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator
 
 from proxy.ledger import Ledger, RequestReport
-from proxy.schema import ConfigError, boolean, integer, mapping, number, string
+from proxy.schema import boolean, integer, mapping, number, string
 
 if TYPE_CHECKING:
     from proxy.config import Config

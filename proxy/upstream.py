@@ -62,6 +62,9 @@ class Upstream:
             await self._litellm.aclose()
 
     async def slot(self) -> None:
+        if not self.semaphore.locked():  # a free slot: taken at once, no timeout task needed
+            await self.semaphore.acquire()
+            return
         try:
             await asyncio.wait_for(self.semaphore.acquire(), self.config.server.upstream_queue_timeout_s)
         except asyncio.TimeoutError:

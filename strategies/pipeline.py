@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from strategies.adaptive_loop import AdaptiveDraw
-from strategies.extract import Extractor, build_extractor
+from strategies.extract import Extractor
 from strategies.generate import GenerateSpec, draw, parse_generate
 from strategies.repair import RepairSpec, backprompt, parse_repair
 from strategies import search_run

@@ -95,3 +95,19 @@ PASS_ROUTE = {"name": "pass", "match": {"model": "*"}, "generate": {"model": "si
 @pytest.fixture
 def proxy(make_proxy, sim) -> Proxy:
     return make_proxy({"routes": [VOTE_ROUTE, PASS_ROUTE]}, sim)
+
+
+def scaling_route(select, n=5, name="r", **extra) -> dict[str, Any]:
+    """A route on the simulator matching its own name, with the given select stages."""
+    return {"name": name, "match": {"model": name}, "generate": {"model": "sim", "n": n, "temperature": 0.8},
+            "select": select, **extra}
+
+
+def ask_its(client, model: str, q: str, seed: int | None = None):
+    """One question through the proxy: the response and its `its` object."""
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}], seed=seed)
+    return r, r.model_extra["its"]
+
+
+def start_proxy(make_proxy, sim, routes, **models) -> Proxy:
+    return make_proxy({"model_list": sim_models(sim.url, **models), "routes": routes}, sim)

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import KEY, PASS_ROUTE, VOTE_ROUTE
+from conftest import KEY, VOTE_ROUTE
 
 MSG = [{"role": "user", "content": "What is 1 + 2?"}]
 
@@ -81,7 +81,6 @@ def test_its_n_above_limit(proxy):
 
 
 def test_upstream_rejection_passes_status_and_message(make_proxy, fresh_sim):
-    p = make_proxy({"routes": [VOTE_ROUTE, PASS_ROUTE]}, fresh_sim)
     # The simulator rejects unknown model options with a 400: the client sees that status and message.
     p2 = make_proxy({"model_list": [{"model_name": "odd", "litellm_params": {
         "model": "openai/sim@bogus_option", "api_base": f"{fresh_sim.url}/v1", "api_key": KEY}}],

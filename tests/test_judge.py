@@ -17,24 +17,22 @@ from proxy.simulator.questions import last_number, questions
 from strategies.judge import JudgeStage, yes_no_text, yes_probability
 from strategies.types import SpecError
 
-from conftest import sim_models
+from conftest import ask_its, scaling_route, sim_models, start_proxy
 
 PATH = "routes[1].select[0].judge"
 Q = "What is 123 + 456?"
 
 
 def route(select, n=5, name="j", **extra):
-    return {"name": name, "match": {"model": name}, "generate": {"model": "sim", "n": n, "temperature": 0.8},
-            "select": select, **extra}
+    return scaling_route(select, n, name, **extra)
 
 
 def ask(client, model="j", q=Q, seed=None):
-    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}], seed=seed)
-    return r, r.model_extra["its"]
+    return ask_its(client, model, q, seed)
 
 
-def start(make_proxy, sim, routes, **models):
-    return make_proxy({"model_list": sim_models(sim.url, **models), "routes": routes}, sim)
+start = start_proxy
+
 
 
 # ---------------------------------------------------------------- config

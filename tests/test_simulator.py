@@ -374,7 +374,7 @@ def test_boosts_raise_accuracy(http):
 
 
 def test_critique_raises_accuracy_and_avoids_earlier_answer(http):
-    fixed = better = total = 0
+    better = total = 0
     for i, (q, truth) in enumerate(QS[:60]):
         wrong = truth + 4
         msgs = user(q) + [{"role": "assistant", "content": f"The answer is {wrong}."},

@@ -13,24 +13,22 @@ from proxy.simulator.questions import last_number, questions
 from strategies.types import SpecError
 from strategies.usc import UscStage
 
-from conftest import sim_models
+from conftest import ask_its, scaling_route, sim_models, start_proxy
 
 PATH = "routes[0].select[0].usc"
 Q = "What is 977 + 868?"
 
 
 def route(select, n=5, name="u", **extra):
-    return {"name": name, "match": {"model": name}, "generate": {"model": "sim", "n": n, "temperature": 0.8},
-            "select": select, **extra}
+    return scaling_route(select, n, name, **extra)
 
 
 def ask(client, model="u", q=Q, seed=None):
-    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}], seed=seed)
-    return r, r.model_extra["its"]
+    return ask_its(client, model, q, seed)
 
 
-def start(make_proxy, sim, routes, **models):
-    return make_proxy({"model_list": sim_models(sim.url, **models), "routes": routes}, sim)
+start = start_proxy
+
 
 
 @pytest.mark.parametrize("spec, key", [
