@@ -11,13 +11,14 @@ import tempfile
 import time
 
 from bench import measure, peers
-from bench.load import Target, bodies, run_load
-from bench.measure import FULL, QUICK, Budget, Row
+from bench.load import run_load
+from bench.measure import FULL, FULL_PEER, QUICK, QUICK_PEER, Budget
 from bench.procs import Proc, free_port, itsproxy, simulator
 from bench.report import Results, SystemResult, render
 from bench.scenarios import SCENARIOS, Scenario, proxy_config, write_yaml
 
 LOOP_DEBUG_MS = 100.0
+LOOP_ENV = {"ITSPROXY_LOOP_DEBUG_MS": f"{LOOP_DEBUG_MS:g}"}
 SC = Scenario("sc", "self-consistency", "self_consistency-sim")  # OptiLLM's own; baseline: one call
 
 
@@ -51,10 +52,18 @@ def run_ours(workdir: str, sim: Proc, budget: Budget, results: Results) -> None:
         proc.stop()
 
 
+def slow_callbacks(proc: Proc) -> int:
+    text = proc.log_text()
+    m = re.search(r"itsproxy loop debug: (\d+) callbacks", text)
+    found = re.findall(r".*Executing .* took.*", text)
+    if found:
+        log("slow callbacks:\n" + "\n".join(line[:300] for line in found[:10]))
+    return int(m.group(1)) if m else len(found)
+
+
 def loop_check(workdir: str, sim: Proc, budget: Budget, results: Results) -> None:
     """A second proxy on asyncio's debug loop: count callbacks slower than the threshold."""
-    env = {"ITSPROXY_LOOP_DEBUG_MS": f"{LOOP_DEBUG_MS:g}"}
-    proc = start_ours(workdir, f"http://127.0.0.1:{sim.port}", "itsproxy-loopdebug", env=env)
+    proc = start_ours(workdir, f"http://127.0.0.1:{sim.port}", "itsproxy-loopdebug", env=LOOP_ENV)
     total = 0
     try:
         for sc in SCENARIOS:  # no warm-up on purpose: first-request work must not block the loop either
@@ -63,21 +72,23 @@ def loop_check(workdir: str, sim: Proc, budget: Budget, results: Results) -> Non
             total += result.count + result.errors
     finally:
         proc.stop()
-    text = proc.log_text()
-    m = re.search(r"itsproxy loop debug: (\d+) callbacks", text)
-    results.slow_callbacks = int(m.group(1)) if m else len(re.findall(r"Executing .* took", text))
-    results.loop_requests = total
+    results.slow_callbacks = (results.slow_callbacks or 0) + slow_callbacks(proc)
+    results.loop_requests += total
     results.threshold_ms = LOOP_DEBUG_MS
-    if results.slow_callbacks:
-        log("slow callbacks:\n" + "\n".join(re.findall(r".*Executing .* took.*", text)[:10]))
 
 
 def ready_with_cost_map(workdir: str, sim: Proc, results: Results) -> None:
-    proc = start_ours(workdir, f"http://127.0.0.1:{sim.port}", "itsproxy-costmap", prices=False)
+    """Prices from litellm's cost map: litellm is imported at startup (slower ready), and the
+    first requests must not pay for it (they run on the debug loop too)."""
+    proc = start_ours(workdir, f"http://127.0.0.1:{sim.port}", "itsproxy-costmap", prices=False, env=LOOP_ENV)
     results.ready_map_s = proc.ready_s
-    # one request must not pay for the import either: it happened at startup
-    measure.run(run_load(Target(proc.port, measure.CHAT, bodies("bench-pass")), 5, 1, 30))
-    proc.stop()
+    try:
+        for sc in SCENARIOS:
+            result = measure.run(run_load(measure.proxy_target(proc.port, sc), 4, 2, 30))
+            results.loop_requests += result.count + result.errors
+    finally:
+        proc.stop()
+    results.slow_callbacks = (results.slow_callbacks or 0) + slow_callbacks(proc)
 
 
 def run_peer(peer: peers.Peer, workdir: str, sim: Proc, budget: Budget) -> SystemResult:
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         ready_with_cost_map(workdir, sim, results)
         if not args.no_peers:
             for peer in (peers.litellm_peer(), peers.optillm_peer()):
-                results.peers.append(run_peer(peer, workdir, sim, budget))
+                results.peers.append(run_peer(peer, workdir, sim, QUICK_PEER if args.quick else FULL_PEER))
     finally:
         sim.stop()
     table = render(results)

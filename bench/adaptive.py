@@ -5,22 +5,25 @@
 
 Everything goes over loopback HTTP: the simulator (`proxy.simulator`) and the proxy
 run in background threads of this process, and a pool of 8 client threads sends
-the questions with the openai SDK. Every configuration gets the same questions and
-the same client `seed` per question, so the comparison is paired (same question
-difficulty, same request seeds; the samples themselves differ between configs
-because the proxy derives a per-batch seed from the client seed).
+the questions with the openai SDK. Every configuration gets the same 300 questions
+(`questions(2024, 300)`, same simulator seed, so the same p per question) and the
+same client `seed` per question: the comparison is paired by question. (Samples
+are seeded per call from the client seed and the candidate's start index, so two
+configs share samples only where their calls line up, e.g. all stream-mode rules.)
 
 Columns:
 - accuracy: the returned answer equals A + B;
-- generated / total: completion / all tokens of the responses' `usage` (the ledger:
+- generated / total: completion / all tokens of the responses' `usage` (the ledger;
   in stream mode it includes what cancelled streams produced before being closed);
-- calls: upstream chat calls, from the simulator's `/stats` delta;
+- upstream calls: chat calls the simulator received (`/stats` delta);
 - drawn: mean candidates started (`its.stop.drawn`; n for fixed); cands: mean
   candidates that finished and were voted on (`its.candidates`);
-- gen ratio / total ratio: vs fixed-n of the same mix and max n; Δacc in points;
-- usage-sim: responses' total tokens minus what the simulator billed (0 in batch
-  mode; in stream mode cancelled streams are counted by the proxy from what it
-  received, by the simulator from what it sent).
+- gen ratio / total ratio: vs fixed-n of the same mix and max n;
+- Δacc: accuracy minus fixed-n's, in points, with the paired standard error;
+- usage−sim: the responses' total tokens minus what the simulator billed. 0 in
+  batch mode. In stream mode negative: the simulator bills the prompt of every
+  stream it started plus the chunks it wrote, while the proxy meters a cancelled
+  stream from what it received, and as 0 tokens when no content had arrived yet.
 
 Modes (`generate.adaptive.mode`): `batch` draws `batch` candidates per round with one
 native-n call and decides between rounds (it draws more at once when the rule
@@ -72,13 +75,15 @@ MIXES = {"70% easy": 0.7, "hard only": 0.0}
 @dataclass(frozen=True)
 class Variant:
     rule: str  # fixed | beta | window | predictive
-    mode: str = "batch"  # batch | stream
-    batch: int = 1
+    mode: str = "batch"  # batch | stream | stream_n
+    batch: int = 1  # unused by stream_n (one call with n = max)
 
     @property
     def label(self) -> str:
         if self.rule == "fixed":
             return "fixed (vote, native n)"
+        if self.mode == "stream_n":
+            return f"{self.rule} / stream_n"
         return f"{self.rule} / {self.mode} {self.batch}"
 
     def route(self, max_n: int) -> dict[str, Any]:
@@ -96,6 +101,11 @@ FULL_VARIANTS = [FIXED] + [Variant(rule, mode, batch) for rule in ("beta", "wind
                            for mode, batch in (("batch", 1), ("batch", 4), ("stream", 4))]
 QUICK_VARIANTS = [FIXED, Variant("beta", "batch", 1), Variant("beta", "batch", 4), Variant("beta", "stream", 4),
                   Variant("predictive", "batch", 1)]
+# `--stream-n` adds mode stream_n (one streaming call with n = max, closed at the stop). Off by
+# default: the simulator sends every choice's finish_reason only after all choices' content
+# (proxy/simulator/wire.py stream_events), so no choice finishes early and nothing can be saved.
+STREAM_N_NOTE = ("stream_n caveat: the simulator emits every choice's finish_reason after all choices' content, "
+                 "so no choice finishes before the whole stream is sent; these rows measure that, not the mode.")
 # (mix, max n) pairs
 FULL_PLAN = [("70% easy", 40), ("hard only", 40), ("hard only", 16)]
 QUICK_PLAN = [("70% easy", 40), ("hard only", 40)]
@@ -114,6 +124,8 @@ class Result:
     calls: int = 0  # simulator /stats delta
     ledger_calls: int = 0  # sum of its.usage.calls
     cancelled: int = 0  # calls metered as cancelled
+    finished_unused: int = 0  # calls that finished (outcome ok) but whose candidate is not among its.candidates
+    over_max: int = 0  # requests that started more than max n candidates
     right: list[bool] = field(default_factory=list)  # per question, in question order (errors count wrong)
     drawn: list[int] = field(default_factory=list)
     candidates: list[int] = field(default_factory=list)
@@ -138,6 +150,7 @@ def ask(client: openai.OpenAI, model: str, question: str, seed: int) -> dict[str
     return {"content": r.choices[0].message.content or "", "completion": r.usage.completion_tokens,
             "prompt": r.usage.prompt_tokens, "total": r.usage.total_tokens, "calls": its["usage"]["calls"],
             "cancelled": its["usage"]["calls_by_outcome"].get("cancelled", 0),
+            "ok": its["usage"]["calls_by_outcome"].get("ok", 0),
             "drawn": (its.get("stop") or {}).get("drawn", its["candidates"]), "candidates": its["candidates"]}
 
 
@@ -164,6 +177,9 @@ def run_config(client: openai.OpenAI, pool: ThreadPoolExecutor, sim_url: str, mi
         res.total += r["total"]
         res.ledger_calls += r["calls"]
         res.cancelled += r["cancelled"]
+        if variant.mode == "stream":  # one call per candidate there
+            res.finished_unused += r["ok"] - r["candidates"]
+        res.over_max += r["drawn"] > max_n
         res.drawn.append(r["drawn"])
         res.candidates.append(r["candidates"])
     res.seconds = time.monotonic() - started
@@ -265,21 +281,29 @@ def verdicts(results: list[Result]) -> list[str]:
         b = find(results, r.mix, r.max_n, Variant("beta", r.variant.mode, r.variant.batch))
         if b:
             dacc, se = paired_delta(r, b)
-            out.append(f"  - {r.mix}, max {r.max_n}, {r.variant.mode} {r.variant.batch}: predictive "
+            out.append(f"  - {r.mix}, max {r.max_n}, {r.variant.label.split(' / ')[1]}: predictive "
                        f"{r.completion:,} / {_pct(r.accuracy)} vs beta {b.completion:,} / {_pct(b.accuracy)} "
                        f"(tokens x{r.completion / b.completion:.2f}, {dacc:+.1f} pts ±{se:.1f})")
-    out.append("The n question, native n per batch (batch 4) vs stream-and-cancel (stream 4): total tokens "
-               "(generated), upstream calls:")
-    for r in results:
-        if r.variant.mode != "stream":
+    with_n = any(r.variant.mode == "stream_n" for r in results)
+    out.append("The n question: native n per batch (batch 4) vs single-candidate streams cancelled at the stop "
+               "(stream 4)" + (" vs one streaming n = max call closed at the stop (stream_n)" if with_n else "")
+               + "; total tokens as the simulator billed them (generated per usage), upstream calls, "
+               "relative to batch 4:")
+    for b in results:
+        if b.variant.mode != "batch" or b.variant.batch != 4:
             continue
-        b = find(results, r.mix, r.max_n, Variant(r.variant.rule, "batch", r.variant.batch))
-        if b:
-            out.append(f"  - {r.mix}, max {r.max_n}, {r.variant.rule}: batch {b.total:,} ({b.completion:,}), "
-                       f"{b.calls:,} calls; stream {r.total:,} ({r.completion:,}), {r.calls:,} calls, "
-                       f"{r.cancelled:,} cancelled -> stream costs x{r.total / b.total:.2f} total "
-                       f"(x{r.sim_total / b.sim_total:.2f} as the simulator billed it), "
-                       f"x{r.completion / b.completion:.2f} generated")
+        parts = [f"batch 4 {b.sim_total:,} ({b.completion:,}), {b.calls:,} calls"]
+        for mode in ("stream", "stream_n"):
+            r = find(results, b.mix, b.max_n, Variant(b.variant.rule, mode, 4 if mode == "stream" else 1))
+            if r:
+                parts.append(f"{r.variant.label.split(' / ')[1]} {r.sim_total:,} ({r.completion:,}), {r.calls:,} calls "
+                             f"= x{r.sim_total / b.sim_total:.2f} total, x{r.completion / b.completion:.2f} generated")
+        out.append(f"  - {b.mix}, max {b.max_n}, {b.variant.rule}: " + "; ".join(parts))
+    odd = [r for r in results if r.over_max or r.finished_unused]
+    if odd:
+        out.append("Stream-mode waste (see strategies/adaptive_loop.py): requests that started more than max n "
+                   "candidates / finished streams whose candidate was dropped at the stop:")
+        out += [f"  - {r.mix}, max {r.max_n}, {r.variant.label}: {r.over_max} / {r.finished_unused}" for r in odd]
     return out
 
 
@@ -302,11 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="60 questions, fewer configs")
     ap.add_argument("--questions", type=int, default=None, help="number of questions (default 300, quick 60)")
     ap.add_argument("--confidence", type=float, default=CONFIDENCE, help="beta/predictive confidence (0.95)")
+    ap.add_argument("--stream-n", action="store_true", help="also run mode stream_n (see STREAM_N_NOTE)")
     args = ap.parse_args(argv)
     globals()["CONFIDENCE"] = args.confidence  # read by Variant.route and the header
     count = args.questions or (60 if args.quick else 300)
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     variants = QUICK_VARIANTS if args.quick else FULL_VARIANTS
+    if args.stream_n:
+        variants = variants + [Variant(rule, "stream_n") for rule in dict.fromkeys(
+            v.rule for v in variants if v.rule != "fixed")]
     qs = questions(QUESTION_SEED, count)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     logging.getLogger("uvicorn.error").addFilter(_QuietDisconnects())
@@ -322,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print()
     print("\n".join(verdicts(results)))
+    if args.stream_n:
+        print(STREAM_N_NOTE)
     if _QuietDisconnects.count:
         print(f"\n(The simulator logged {_QuietDisconnects.count} ClientDisconnect tracebacks, silenced: "
               "stream-mode calls the proxy closed while the simulator was still reading the request.)")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from bench.load import Target, bodies, paired, percentile, run_load
 from bench.procs import Proc
-from bench.scenarios import Scenario
+from bench.scenarios import AUTH, Scenario
 
 CHAT = "/v1/chat/completions"
 
@@ -43,10 +43,13 @@ class Budget:
 
 QUICK = Budget(c1=120, c32=800, warmup=40, slow=6, soak_total=3000, loop_check=150, max_s=25.0)
 FULL = Budget(c1=400, c32=3000, warmup=100, slow=15, soak_total=10000, loop_check=400, max_s=60.0)
+# Peers spend 10-50 ms of CPU per request: fewer requests give the same resolution.
+QUICK_PEER = Budget(c1=60, c32=300, warmup=20, slow=0, soak_total=0, loop_check=0, max_s=25.0)
+FULL_PEER = Budget(c1=200, c32=1000, warmup=50, slow=0, soak_total=0, loop_check=0, max_s=60.0)
 
 
 def proxy_target(port: int, sc: Scenario, headers: dict[str, str] | None = None, model: str | None = None) -> Target:
-    return Target(port, CHAT, bodies(model or sc.model, **sc.params()), headers=headers or {})
+    return Target(port, CHAT, bodies(model or sc.model, **sc.params()), headers=AUTH if headers is None else headers)
 
 
 def direct_target(sim_port: int, sc: Scenario) -> Target:
@@ -122,8 +125,8 @@ def slow_upstream(proxy_port: int, sim_port: int, count: int, slow_ms: int) -> S
     out = SlowCheck()
     single = Target(sim_port, CHAT, bodies(f"sim@latency_ms={slow_ms}"))
     out.single_ms = _p50(single, count)
-    out.native_ms = _p50(Target(proxy_port, CHAT, bodies("vote8-slow")), count)
-    out.fan_ms = _p50(Target(proxy_port, CHAT, bodies("vote8-slow-fan")), count)
+    out.native_ms = _p50(Target(proxy_port, CHAT, bodies("vote8-slow"), headers=AUTH), count)
+    out.fan_ms = _p50(Target(proxy_port, CHAT, bodies("vote8-slow-fan"), headers=AUTH), count)
     return out
 
 
@@ -152,8 +155,8 @@ class Soak:
 def soak(proc: Proc, served: int, total: int, max_s: float) -> Soak:
     """Top the proxy up to `total` requests (passthrough and vote mix), sampling RSS."""
     out = Soak(served, [(served, proc.rss())])
-    mix = [Target(proc.port, CHAT, bodies("bench-pass")), Target(proc.port, CHAT, bodies("vote8")),
-           Target(proc.port, CHAT, bodies("bench-pass", stream=True))]
+    mix = [Target(proc.port, CHAT, bodies(m, **p), headers=AUTH)
+           for m, p in (("bench-pass", {}), ("vote8", {}), ("bench-pass", {"stream": True}))]
     step = max(200, (total - served) // 8)
     deadline = time.monotonic() + max_s
     i = 0

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from bench.procs import Proc
-from bench.scenarios import KEY, write_yaml
+from bench.scenarios import CLIENT_KEY, KEY, write_yaml
 
 OFFLINE = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_OFFLINE_MODE": "true",
            "LITELLM_DISABLE_LATEST_RELEASE_CHECK": "true", "LITELLM_LOG": "ERROR", "DISABLE_ADMIN_UI": "True"}
@@ -71,7 +71,8 @@ def optillm_peer() -> Peer:
 def start_litellm(peer: Peer, port: int, sim_url: str, workdir: str) -> Proc:
     config = {"model_list": [{"model_name": "sim", "litellm_params": {
         "model": "openai/sim", "api_base": f"{sim_url}/v1", "api_key": KEY}}],
-        "litellm_settings": {"telemetry": False, "drop_params": False}}
+        "litellm_settings": {"telemetry": False, "drop_params": False},
+        "general_settings": {"master_key": CLIENT_KEY}}
     path = write_yaml(os.path.join(workdir, "litellm.yaml"), config)
     assert peer.exe
     proc = Proc("litellm", [peer.exe, "--config", path, "--host", "127.0.0.1", "--port", str(port),
@@ -83,6 +84,7 @@ def start_litellm(peer: Peer, port: int, sim_url: str, workdir: str) -> Proc:
 def start_optillm(peer: Peer, port: int, sim_url: str, workdir: str) -> Proc:
     assert peer.exe
     env = {"OPENAI_API_KEY": KEY, **OFFLINE}
-    proc = Proc("optillm", [peer.exe, "--base-url", f"{sim_url}/v1", "--host", "127.0.0.1", "--port", str(port),
-                            "--log", "warning"], port, env=env, log_path=os.path.join(workdir, "optillm.log"))
+    cmd = [peer.exe, "--base-url", f"{sim_url}/v1", "--host", "127.0.0.1", "--port", str(port), "--log", "warning",
+           "--optillm-api-key", CLIENT_KEY]
+    proc = Proc("optillm", cmd, port, env=env, log_path=os.path.join(workdir, "optillm.log"))
     return proc.start(timeout=180)

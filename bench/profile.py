@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             target = measure.proxy_target(proc.port, sc)
             measure.warm(target, 100)
             out = os.path.join(work, "stacks.txt")
-            rec = subprocess.Popen([spy, "record", "--pid", str(proc.pid), "--rate", "250", "--format", "raw",
+            rec = subprocess.Popen([spy, "record", "--pid", str(proc.pid), "--rate", "500", "--format", "raw",
                                     "--output", out, "--nonblocking"], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
             result = measure.run(run_load(target, args.requests, 32, 120))

@@ -9,6 +9,9 @@ from typing import Any
 import yaml
 
 KEY = "sk-bench-upstream"
+# Every system under test checks a client key (LiteLLM's proxy refuses to start without one).
+CLIENT_KEY = "sk-bench-client-6f1d0c2a9b8e4f7a3c5d2e1f0a9b8c7d"
+AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}
 # Prices set in model_list, as in the demo config: no litellm cost-map lookup is needed.
 PRICES = {"input_cost_per_token": 0.00000015, "output_cost_per_token": 0.0000006}
 SLOW_MS = 200  # the upstream latency of the parallelism check
@@ -68,7 +71,7 @@ def proxy_config(sim_url: str, prices: bool = True) -> dict[str, Any]:
     routes = [_vote("vote8", "sim"), _vote("vote8-fan", "sim-no-n"), _vote("vote8-slow", "sim-slow"),
               _vote("vote8-slow-fan", "sim-slow-no-n"), check,
               {"name": "bench-pass", "match": {"model": "*"}, "generate": {"model": "sim"}, "passthrough": True}]
-    return {"model_list": models, "routes": routes}
+    return {"model_list": models, "routes": routes, "server": {"api_keys": [CLIENT_KEY]}}
 
 
 def write_yaml(path: str, data: dict[str, Any]) -> str:

@@ -108,6 +108,16 @@ def _watch_loop() -> str:
     return "proxy.cli:debug_loop"
 
 
+def _freeze_heap() -> None:
+    """Move everything built at startup (modules, config, tokenizer) out of the garbage
+    collector's reach: a full collection then scans only what requests create, instead of
+    pausing the loop ~20 ms over the whole heap now and then (a p99 spike)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def cmd_serve(args) -> int:
     config = _load(args.config)
     if not is_loopback(args.host) and not config.server.api_keys and not config.server.allow_unauthenticated:
@@ -132,7 +142,9 @@ def cmd_serve(args) -> int:
         else:
             from proxy.app import create_app
 
-            uvicorn.run(create_app(config), **opts)
+            app = create_app(config)
+            _freeze_heap()
+            uvicorn.run(app, **opts)
     finally:
         if sim is not None:
             sim.stop()

@@ -262,9 +262,11 @@ class RequestSampler:
         usage: dict[str, Any] | None = None
         text: list[str] = []
         tool_args: list[str] = []
+        answered = False  # once the upstream answered, it has read (and bills) the prompt
         await self.up.slot()
         try:
             async for chunk in self.up.backend(entry).stream(entry, body, self.timeout()):
+                answered = True
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 for choice in chunk.get("choices") or []:
@@ -287,15 +289,15 @@ class RequestSampler:
         finally:
             self.up.semaphore.release()
             record.latency_s = time.monotonic() - started
-            self._meter_stream(record, entry, body, usage, "".join(text), "".join(tool_args))
+            self._meter_stream(record, entry, body, usage, "".join(text), "".join(tool_args), answered)
 
     def _meter_stream(self, record: CallRecord, entry: ModelEntry, body: dict[str, Any],
-                      usage: dict[str, Any] | None, text: str, tool_text: str) -> None:
+                      usage: dict[str, Any] | None, text: str, tool_text: str, answered: bool) -> None:
         if usage and usage.get("prompt_tokens") is not None and record.outcome == "ok":
             record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             record.completion_tokens = int(usage.get("completion_tokens") or 0)
             record.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-        elif text or tool_text or record.outcome == "ok":
+        elif answered or record.outcome == "ok":
             record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
             record.completion_tokens = count_message({"content": text + tool_text})
             record.estimated = True

@@ -62,9 +62,11 @@ class AdaptiveDraw:
             k = next_batch(self.spec, self.out.answers(), self.out.attempted, self.max_n)
         return max(0, min(left, k))
 
-    async def _one_batch(self, k: int, stream: bool) -> tuple[list[Candidate], list[BaseException]]:
-        start = self.out.attempted
-        self.out.attempted += k
+    async def _one_batch(self, k: int, stream: bool, start: int | None = None,
+                         ) -> tuple[list[Candidate], list[BaseException]]:
+        if start is None:
+            start = self.out.attempted
+            self.out.attempted += k
         batch, errors = await draw(self.ctx.sampler, self.p.generate, self.messages, self.ctx.params, n=k,
                                    start_index=start, seed=self.ctx.seed, augment_counts=self.counts,
                                    stream=stream)
@@ -100,7 +102,9 @@ class AdaptiveDraw:
         try:
             while True:
                 while len(pending) < self.spec.batch and self.out.attempted < self.max_n:
-                    pending.add(asyncio.ensure_future(self._one_batch(1, stream=True)))
+                    start = self.out.attempted  # reserved now: the task may not run before the next check
+                    self.out.attempted += 1
+                    pending.add(asyncio.ensure_future(self._one_batch(1, stream=True, start=start)))
                 if not pending:
                     return
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -113,7 +117,10 @@ class AdaptiveDraw:
             for task in pending:  # the rule is met: close what is still decoding
                 task.cancel()
             if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+                results = await asyncio.gather(*pending, return_exceptions=True)
+                for result in results:  # a stream that finished meanwhile was paid for: it votes
+                    if isinstance(result, tuple):
+                        self._take(*result)
 
     async def _stream_n(self) -> None:
         """One streaming call with n = max; each finished choice is a candidate."""

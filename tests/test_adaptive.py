@@ -132,7 +132,8 @@ def test_stream_mode_cancels_upstream_work_and_bounds_the_estimate(make_proxy, s
         delta = {k: after[k] - before[k] for k in ("total_tokens", "streams", "streams_cancelled",
                                                    "completion_tokens_sent_cancelled", "requests")}
         cancelled = usage["calls_by_outcome"].get("cancelled", 0)
-        assert usage["calls"] == stop["drawn"]  # one call per candidate started
+        # One call per candidate started (a draw cancelled before its call began has none).
+        assert its["candidates"] <= usage["calls"] <= stop["drawn"]
         assert delta["requests"] <= usage["calls"]  # a call cancelled before it was sent never arrives
         if cancelled:
             assert its["candidates"] < stop["drawn"]

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -98,7 +98,7 @@ class _SSEResponse(StreamingResponse):
 async def _read_json(request: Request) -> dict[str, Any] | None:
     try:
         body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, ClientDisconnect):
         return None
     return body if isinstance(body, dict) else None
 

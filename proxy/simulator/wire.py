@@ -168,6 +168,10 @@ def stream_events(cid: str, created: int, model: str, choices: list[Choice], usa
                 delta = {"content": b"".join(group).decode("utf-8", "replace")}
                 parts.append((chunk({"index": i, "delta": delta, "logprobs": lp, "finish_reason": None}),
                               len(group), True))
+        # Each choice finishes as soon as its own content is out, as OpenAI and vLLM
+        # stream n choices: a short answer is done before a long one.
+        parts.append((chunk({"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}),
+                      0, False))
         bodies.append(parts)
 
     events = list(heads)
@@ -175,9 +179,6 @@ def stream_events(cid: str, created: int, model: str, choices: list[Choice], usa
         for parts in bodies:
             if step < len(parts):
                 events.append(parts[step])
-    for i, c in enumerate(choices):
-        events.append((chunk({"index": i, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}),
-                       0, False))
     if include_usage and usage is not None:
         final = chunk({})
         final["choices"] = []
