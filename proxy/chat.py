@@ -38,9 +38,14 @@ async def read_json(request: Request, limit: int) -> Any:
             raise ApiError(413, f"request body is larger than the {limit} byte limit", code="body_too_large")
         chunks.append(part)
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(b"".join(chunks), parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; accepting them would poison what we forward and render.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def upstream_failure(errors: list[BaseException], secrets: list[str], *, passthrough: bool) -> ApiError:
