@@ -45,8 +45,8 @@ def run_ours(workdir: str, sim: Proc, budget: Budget, results: Results) -> None:
         log("itsproxy: vote n=8 against a slow upstream")
         results.slow = measure.slow_upstream(proc.port, sim.port, budget.slow, 200)
         served = sum(r.requests for r in ours.rows.values()) + 3 * (budget.slow + 1)
-        log(f"itsproxy: soak to {budget.soak_total} requests")
-        results.soak = measure.soak(proc, served, budget.soak_total, budget.max_s * 3)
+        log(f"itsproxy: soak, {budget.soak} more requests")
+        results.soak = measure.soak(proc, served, budget.soak, budget.max_s * 3)
         ours.rss_after = results.soak.final
     finally:
         proc.stop()

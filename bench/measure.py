@@ -36,16 +36,16 @@ class Budget:
     c32: int
     warmup: int
     slow: int
-    soak_total: int
+    soak: int  # requests of the RSS soak, after all the others
     loop_check: int
     max_s: float = 60.0  # per load, whatever the count
 
 
-QUICK = Budget(c1=120, c32=800, warmup=40, slow=6, soak_total=3000, loop_check=150, max_s=25.0)
-FULL = Budget(c1=400, c32=3000, warmup=100, slow=15, soak_total=10000, loop_check=400, max_s=60.0)
+QUICK = Budget(c1=120, c32=800, warmup=40, slow=6, soak=2400, loop_check=150, max_s=25.0)
+FULL = Budget(c1=400, c32=3000, warmup=100, slow=15, soak=6000, loop_check=400, max_s=60.0)
 # Peers spend 10-50 ms of CPU per request: fewer requests give the same resolution.
-QUICK_PEER = Budget(c1=60, c32=300, warmup=20, slow=0, soak_total=0, loop_check=0, max_s=25.0)
-FULL_PEER = Budget(c1=200, c32=1000, warmup=50, slow=0, soak_total=0, loop_check=0, max_s=60.0)
+QUICK_PEER = Budget(c1=60, c32=300, warmup=20, slow=0, soak=0, loop_check=0, max_s=25.0)
+FULL_PEER = Budget(c1=200, c32=1000, warmup=50, slow=0, soak=0, loop_check=0, max_s=60.0)
 
 
 def proxy_target(port: int, sc: Scenario, headers: dict[str, str] | None = None, model: str | None = None) -> Target:
@@ -147,21 +147,21 @@ class Soak:
 
     def growth_mb(self) -> float:
         """RSS change over the second half of the soak (a leak shows here; warm-up does not)."""
-        half = self.final[0] / 2
+        half = (self.served_before + self.final[0]) / 2
         mid = min(self.checkpoints, key=lambda c: abs(c[0] - half))
         return self.final[1] - mid[1]
 
 
-def soak(proc: Proc, served: int, total: int, max_s: float) -> Soak:
-    """Top the proxy up to `total` requests (passthrough and vote mix), sampling RSS."""
+def soak(proc: Proc, served: int, count: int, max_s: float) -> Soak:
+    """`count` more requests (passthrough, vote and stream, in turn), sampling RSS 8 times."""
     out = Soak(served, [(served, proc.rss())])
     mix = [Target(proc.port, CHAT, bodies(m, **p), headers=AUTH)
            for m, p in (("bench-pass", {}), ("vote8", {}), ("bench-pass", {"stream": True}))]
-    step = max(200, (total - served) // 8)
+    step = max(100, count // 8)
     deadline = time.monotonic() + max_s
-    i = 0
-    while served < total and time.monotonic() < deadline:
-        result = run(run_load(mix[i % len(mix)], min(step, total - served), 32, max_s))
+    i, end = 0, served + count
+    while served < end and time.monotonic() < deadline:
+        result = run(run_load(mix[i % len(mix)], min(step, end - served), 32, max_s))
         served += result.count + result.errors
         out.checkpoints.append((served, proc.rss()))
         i += 1

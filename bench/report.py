@@ -88,7 +88,7 @@ class Table:
                 x = _ratio(row.cpu_ms, pass_cpu)
                 target = f"≤ {limits[sc.key]:g}x passthrough ({_f(x)}x)"
                 ok = None if x is None else x <= limits[sc.key]
-            self.add(f"{sc.label}: proxy CPU ms/req", [_cell(s, sc.key, "cpu") for s in self.systems], ratio,
+            self.add(f"{sc.label}: proxy CPU ms/req, c=32", [_cell(s, sc.key, "cpu") for s in self.systems], ratio,
                      target, ok)
             lat_ok = None if row.p50_ms is None else row.p50_ms <= 2.0
             self.add(f"{sc.label}: added p50 / p99 ms, c=1", [_cell(s, sc.key, "lat") for s in self.systems],
@@ -101,7 +101,8 @@ class Table:
         if opt is None or opt.status != "ok" or "sc" not in opt.rows:
             return
         blank = ["—"] * (len(self.systems) - 1)
-        for what, label in (("cpu", "proxy CPU ms/req"), ("lat", "added p50 / p99 ms, c=1"), ("rps", "req/s, c=32")):
+        labels = (("cpu", "proxy CPU ms/req, c=32"), ("lat", "added p50 / p99 ms, c=1"), ("rps", "req/s, c=32"))
+        for what, label in labels:
             cells = ["—", *blank]
             cells[self.systems.index(opt)] = _cell(opt, "sc", what)
             self.add(f"OptiLLM self_consistency (its own sampling): {label}", cells)
@@ -137,7 +138,7 @@ class Table:
                 cells.append(f"{_f(s.rss_after[1], 0)} after {s.rss_after[0]} req")
         growth = self.r.soak.growth_mb() if self.r.soak else None
         if growth is not None:
-            cells[0] += f" (+{_f(growth, 1)} MB over the last half)"
+            cells[0] += f" ({growth:+.1f} MB over the soak's second half)"
         after = self.r.ours.rss_after
         ok = None if after is None else after[1] <= 300 and (growth is None or growth <= 10)
         self.add("RSS after load, MB", cells,

@@ -29,12 +29,3 @@ def litellm() -> Any:
     _litellm.suppress_debug_info = True
     _litellm.drop_params = False  # an unsupported `n` must surface so we can fan out instead
     return _litellm
-
-
-def model_cost_entry(model: str) -> dict[str, Any] | None:
-    """litellm's offline price entry for `model` (with or without its provider prefix)."""
-    cost_map = litellm().model_cost
-    if model in cost_map:
-        return cost_map[model]
-    bare = model.split("/", 1)[1] if "/" in model else None
-    return cost_map.get(bare) if bare else None

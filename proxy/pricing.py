@@ -1,28 +1,60 @@
-"""Cost of one upstream call: per-model overrides from model_list, else
-litellm's offline cost map. An unknown price is None, never zero."""
+"""Prices per token: model_list overrides, else litellm's offline cost map.
+
+An unknown price is None, never zero. Prices are resolved once per model at
+startup, so a request never reads the map (or imports anything).
+"""
 
 from __future__ import annotations
 
+import importlib.resources
+import json
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from proxy.config import ModelEntry
-from proxy.llm import model_cost_entry
+
+COST_MAP = "model_prices_and_context_window_backup.json"  # what LITELLM_LOCAL_MODEL_COST_MAP loads
 
 
-@lru_cache(maxsize=256)
-def _map_prices(model: str) -> tuple[float | None, float | None, float | None]:
-    entry = model_cost_entry(model) or {}
-    return (entry.get("input_cost_per_token"), entry.get("output_cost_per_token"),
-            entry.get("cache_read_input_token_cost"))
+@dataclass(frozen=True)
+class Prices:
+    input: float | None
+    output: float | None
+    cached: float | None  # cache-read price per prompt token; None: billed as input
+
+    def cost(self, prompt: int, completion: int, cached: int = 0) -> float | None:
+        if self.input is None or self.output is None:
+            return None if (prompt or completion) else 0.0
+        cached = min(cached, prompt)
+        cached_price = self.cached if self.cached is not None else self.input
+        return (prompt - cached) * self.input + cached * cached_price + completion * self.output
 
 
-def call_cost(entry: ModelEntry, prompt: int, completion: int, cached: int = 0) -> float | None:
-    map_in, map_out, map_cached = _map_prices(entry.model)
-    price_in = entry.input_cost_per_token if entry.input_cost_per_token is not None else map_in
-    price_out = entry.output_cost_per_token if entry.output_cost_per_token is not None else map_out
-    if price_in is None or price_out is None:
-        return None if (prompt or completion) else 0.0
-    cached = min(cached, prompt)
-    # Cached prompt tokens are billed at the cache price when the map knows one.
-    price_cached = map_cached if (map_cached is not None and entry.input_cost_per_token is None) else price_in
-    return (prompt - cached) * price_in + cached * price_cached + completion * price_out
+@lru_cache(maxsize=1)
+def cost_map() -> dict[str, Any]:
+    """litellm's bundled price file, read directly: the same data without importing litellm (seconds)."""
+    try:
+        text = importlib.resources.files("litellm").joinpath(COST_MAP).read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):
+        return {}
+    return json.loads(text)
+
+
+def map_entry(model: str) -> dict[str, Any]:
+    prices = cost_map()
+    if model in prices:
+        return prices[model]
+    bare = model.split("/", 1)[1] if "/" in model else None
+    return prices.get(bare, {}) if bare else {}
+
+
+def prices_for(entry: ModelEntry) -> Prices:
+    if entry.input_cost_per_token is not None and entry.output_cost_per_token is not None:
+        return Prices(entry.input_cost_per_token, entry.output_cost_per_token, None)
+    found = map_entry(entry.model)
+    price_in = entry.input_cost_per_token if entry.input_cost_per_token is not None else found.get("input_cost_per_token")
+    price_out = entry.output_cost_per_token if entry.output_cost_per_token is not None else found.get("output_cost_per_token")
+    # The map's cache price only applies to the map's own input price.
+    cached = found.get("cache_read_input_token_cost") if entry.input_cost_per_token is None else None
+    return Prices(price_in, price_out, cached)

@@ -15,7 +15,7 @@ from proxy.backends.base import Backend, UpstreamBusy, UpstreamError
 from proxy.backends.direct import DirectBackend, direct_capable
 from proxy.config import Config, ModelEntry
 from proxy.ledger import CallRecord, Ledger
-from proxy.pricing import call_cost
+from proxy.pricing import prices_for
 from proxy.stream_assembly import StreamedMessage
 from proxy.tokens import count_message, count_messages, warm as warm_tokenizer
 from strategies.generate import derive_seed
@@ -36,11 +36,9 @@ class Upstream:
         self.n_support: dict[str, bool] = {k: m.supports_n for k, m in self.models.items() if m.supports_n is not None}
         # Slow first uses happen here, at startup, never inside a request (they would block the event loop):
         # the tokenizer (~0.4 s; it splits n-call usage across choices and counts missing usage), and
-        # litellm's cost map (an `import litellm`, seconds) for models whose prices model_list does not set.
+        # the cost map (read only for models whose prices model_list does not set).
         warm_tokenizer()
-        for entry in self.models.values():
-            if not _prices_set(entry):
-                call_cost(entry, 0, 0)
+        self.prices = {name: prices_for(entry) for name, entry in self.models.items()}
 
     def _make_litellm(self) -> Backend:
         from proxy.backends.litellm_path import LitellmBackend
@@ -69,20 +67,6 @@ class Upstream:
             await asyncio.wait_for(self.semaphore.acquire(), self.config.server.upstream_queue_timeout_s)
         except asyncio.TimeoutError:
             raise UpstreamBusy("the proxy is at its upstream concurrency limit; try again shortly", 503) from None
-
-
-def _prices_set(entry: ModelEntry) -> bool:
-    return entry.input_cost_per_token is not None and entry.output_cost_per_token is not None
-
-
-def _cost(entry: ModelEntry, prompt: int, completion: int, cached: int) -> float | None:
-    """`call_cost`, without its cost-map lookup when model_list sets both prices (the map is then
-    unused: the same figure, and litellm is never imported for it)."""
-    if not _prices_set(entry):
-        return call_cost(entry, prompt, completion, cached)
-    price_in = entry.input_cost_per_token
-    cached = min(cached, prompt)
-    return (prompt - cached) * price_in + cached * price_in + completion * entry.output_cost_per_token
 
 
 def split_completion(total: int, messages: list[dict[str, Any]]) -> list[int]:
@@ -148,7 +132,8 @@ class RequestSampler:
             record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
             record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True
-        record.cost_usd = _cost(entry, record.prompt_tokens, record.completion_tokens, record.cached_tokens)
+        record.cost_usd = self.up.prices[entry.name].cost(record.prompt_tokens, record.completion_tokens,
+                                                           record.cached_tokens)
 
     async def sample(self, messages: list[dict[str, Any]], *, model: str, n: int = 1, phase: str = "generate",
                      params: dict[str, Any] | None = None) -> list[Sample]:
@@ -302,7 +287,8 @@ class RequestSampler:
             record.completion_tokens = count_message({"content": text + tool_text})
             record.estimated = True
         record.choices = 1
-        record.cost_usd = _cost(entry, record.prompt_tokens, record.completion_tokens, record.cached_tokens)
+        record.cost_usd = self.up.prices[entry.name].cost(record.prompt_tokens, record.completion_tokens,
+                                                           record.cached_tokens)
 
 
 def _message(choice: dict[str, Any]) -> dict[str, Any]:
