@@ -6,8 +6,9 @@ startup, so a request never reads the map (or imports anything).
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -34,11 +35,14 @@ class Prices:
 @lru_cache(maxsize=1)
 def cost_map() -> dict[str, Any]:
     """litellm's bundled price file, read directly: the same data without importing litellm (seconds)."""
-    try:
-        text = importlib.resources.files("litellm").joinpath(COST_MAP).read_text(encoding="utf-8")
-    except (ModuleNotFoundError, FileNotFoundError):
+    spec = importlib.util.find_spec("litellm")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
         return {}
-    return json.loads(text)
+    try:
+        with open(os.path.join(spec.submodule_search_locations[0], COST_MAP), encoding="utf-8") as fh:
+            return json.load(fh)
+    except OSError:
+        return {}
 
 
 def map_entry(model: str) -> dict[str, Any]:
