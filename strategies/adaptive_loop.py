@@ -42,11 +42,15 @@ class AdaptiveDraw:
         self.messages, self.counts = messages, augment_counts
         self.max_n = ctx.n
         self.out = Drawn()
+        # Scorer routes (no vote): score each batch as it arrives, stop once one scores high enough.
+        self.scorers = [st for st in pipeline.stages if st.role == "scorer"] if pipeline.extractor is None else []
 
     def decide(self) -> Decision:
         cap = self.ctx.spend_cap_reached(self.out.candidates)
         if cap is not None:  # stop drawing, decide with what is there
             return Decision(True, cap, None, self.spec.rule)
+        if self.scorers and not self.p.filters:
+            return self._decide_on_scores()
         if self.p.filters:
             d = stop_on_verified(self.spec, self.out.candidates, self.max_n)
             if not d.stop and self.out.finished >= self.max_n:
@@ -54,8 +58,17 @@ class AdaptiveDraw:
             return d
         return should_stop(self.spec, self.out.answers(), self.out.finished, self.max_n)
 
+    def _decide_on_scores(self) -> Decision:
+        best = max((c.scores["score"] for c in self.out.candidates if "score" in c.scores), default=None)
+        if best is not None and best >= self.spec.confidence and self.out.finished >= self.spec.min:
+            return Decision(True, "score", best, "score")
+        return Decision(self.out.finished >= self.max_n, "max_n" if self.out.finished >= self.max_n else
+                        "not_confident", best, "score")
+
     def next_size(self) -> int:
         left = self.max_n - self.out.attempted
+        if self.scorers and not self.p.filters:
+            return max(0, min(left, self.spec.batch))
         if self.p.filters:
             k = next_verified_batch(self.spec, self.out.candidates, self.max_n)
         else:
@@ -73,6 +86,8 @@ class AdaptiveDraw:
         self.out.finished += k
         self.p.extract(batch)
         for stage in self.p.filters:
+            await stage.apply(self.ctx, batch)
+        for stage in self.scorers:
             await stage.apply(self.ctx, batch)
         return batch, errors
 

@@ -216,6 +216,11 @@ class JudgeStage:
     role: str = "scorer"
 
     @property
+    def incremental(self) -> bool:
+        """Pointwise scores stand on their own, so batches can be scored as they arrive."""
+        return self.mode == "pointwise"
+
+    @property
     def models(self) -> list[str]:
         return [self.model]
 

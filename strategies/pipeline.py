@@ -181,8 +181,8 @@ class Pipeline:
         # checker disagree (in either direction) it is on record.
         scored = everyone if self.filters else pool
         for stage in self.stages:
-            if stage.role == "scorer":
-                await stage.apply(ctx, scored)
+            if stage.role == "scorer":  # candidates scored while drawing (adaptive) are not scored again
+                await stage.apply(ctx, [c for c in scored if stage.name not in c.scores])
         selection = await self._pick(ctx, pool, everyone)
         if self.filters:
             selection.info["disagreements"] = count_disagreements(scored)
@@ -254,7 +254,20 @@ def build_pipeline(route: dict[str, Any], path: str, models: set[str]) -> Pipeli
     min_c = route.get("min_candidates", 1)
     if isinstance(min_c, bool) or not isinstance(min_c, int) or min_c < 1:
         raise SpecError(f"{path}.min_candidates", "must be an integer >= 1")
+    _check_adaptive(spec, stages, extractor, path)
     repair = parse_repair(route.get("repair"), f"{path}.repair")
     if repair and not any(s.role == "filter" for s in stages):
         raise SpecError(f"{path}.repair", "needs a check stage: repair back-prompts with the checkers' critiques")
     return Pipeline(spec, stages, extractor, repair, on_unverified, min_c)
+
+
+def _check_adaptive(spec: GenerateSpec, stages: list[Any], extractor: Extractor | None, path: str) -> None:
+    """An adaptive rule needs something to decide on: votes, hard checks, or pointwise scores."""
+    if spec.adaptive is None or extractor is not None or any(s.role == "filter" for s in stages):
+        return
+    scorers = [s for s in stages if s.role == "scorer"]
+    if not scorers:
+        raise SpecError(f"{path}.generate.adaptive", "needs a vote, a check, or a pointwise judge/reward to decide on")
+    if not all(getattr(s, "incremental", False) for s in scorers):
+        raise SpecError(f"{path}.generate.adaptive", "over scores needs pointwise scorers (a pairwise "
+                        "tournament cannot score batches as they arrive)")

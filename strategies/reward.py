@@ -73,6 +73,7 @@ class RewardStage:
     generative: dict[str, Any] | None = None  # {model, rubric, temperature}
     name: str = "reward"
     role: str = "scorer"
+    incremental: bool = True  # each candidate's score stands on its own
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
     _loop: Any = field(default=None, repr=False)
     _label_index: int | None = field(default=None, repr=False)
