@@ -78,8 +78,8 @@ def loop_check(workdir: str, sim: Proc, budget: Budget, results: Results) -> Non
 
 
 def ready_with_cost_map(workdir: str, sim: Proc, results: Results) -> None:
-    """Prices from litellm's cost map: litellm is imported at startup (slower ready), and the
-    first requests must not pay for it (they run on the debug loop too)."""
+    """Prices from litellm's cost map: read at startup, and the first requests must not pay
+    for it (they run on the debug loop too)."""
     proc = start_ours(workdir, f"http://127.0.0.1:{sim.port}", "itsproxy-costmap", prices=False, env=LOOP_ENV)
     results.ready_map_s = proc.ready_s
     try:
