@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from proxy.params import FORWARD
 from proxy.schema import ConfigError, boolean, choice, integer, mapping, number, seq, string
 from proxy.traces import parse_traces
 from strategies.pipeline import Pipeline, build_pipeline
@@ -181,6 +182,10 @@ def _route(raw: Any, path: str, models: dict[str, ModelEntry]) -> Route:
         pipeline = build_pipeline(raw, path, set(models))
     except SpecError as exc:
         raise ConfigError(exc.path, exc.message) from None
+    for key in pipeline.generate.params:  # the same allow-list clients get, less what has its own key
+        if key not in FORWARD or key in ("seed", "temperature", "max_tokens"):
+            raise ConfigError(f"{path}.generate.params.{key}", "not a parameter a route can set here "
+                              "(temperature and max_tokens have their own keys under generate)")
     for stage in pipeline.stages:  # judges, reward models and USC name models too
         for model in getattr(stage, "models", []):
             if model not in models:

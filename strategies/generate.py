@@ -35,6 +35,7 @@ class GenerateSpec:
     max_tokens: int | None = None
     augment: list[str] = field(default_factory=list)
     augment_as: str = "system"
+    params: dict[str, Any] = field(default_factory=dict)  # OpenAI parameters the route forces (response_format ...)
     search: dict[str, Any] | None = None  # augment_search settings
     adaptive: AdaptiveSpec | None = None
 
@@ -44,7 +45,7 @@ class GenerateSpec:
 
 
 GENERATE_KEYS = {"model", "models", "n", "temperature", "max_tokens", "augment", "augment_as",
-                 "augment_search", "adaptive"}
+                 "augment_search", "adaptive", "params"}
 
 
 def _positive_int(value: Any, path: str, default: int) -> int:
@@ -108,8 +109,11 @@ def parse_generate(raw: dict[str, Any], path: str, models: set[str]) -> Generate
     adaptive = parse_adaptive(raw.get("adaptive"), f"{path}.adaptive")
     if adaptive is not None and adaptive.mode == "stream_n" and (len(pool) > 1 or augment):
         raise SpecError(f"{path}.adaptive.mode", "stream_n is one call: it needs a single model and no augment")
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        raise SpecError(f"{path}.params", "must be a mapping of OpenAI parameters, e.g. {response_format: ...}")
     return GenerateSpec(pool=pool, temperature=_temperature(raw.get("temperature"), f"{path}.temperature"),
-                        max_tokens=max_tokens, augment=list(augment), augment_as=augment_as,
+                        max_tokens=max_tokens, augment=list(augment), augment_as=augment_as, params=dict(params),
                         search=parse_search(raw, path),
                         adaptive=adaptive)
 
@@ -198,8 +202,8 @@ def plan_groups(spec: GenerateSpec, n: int, augment_counts: list[int] | None = N
 
 def member_params(spec: GenerateSpec, member: PoolMember, params: dict[str, Any], seed: int | None,
                   ) -> dict[str, Any]:
-    """A call's parameters: the client's, then the route's temperature and max_tokens, then the seed."""
-    out = dict(params)
+    """A call's parameters: the client's, then the route's own (params, temperature, max_tokens), then the seed."""
+    out = {**params, **spec.params}
     temperature = member.temperature if member.temperature is not None else spec.temperature
     if temperature is not None:
         out["temperature"] = temperature

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
+from conftest import sim_models
+from proxy.config import parse_config
+from proxy.schema import ConfigError
 from strategies.generate import GenerateSpec, PoolMember, plan_slots
 
 VOTE = {"vote": {"extract": "number"}}
@@ -75,3 +80,21 @@ def test_concurrency_cap_waits_then_503(make_proxy, fresh_sim):
     assert statuses[0] == 200 and 503 in statuses
     busy = next(r for r in codes if r.status_code == 503)
     assert busy.json()["error"]["code"] == "proxy_busy" and busy.headers["x-should-retry"] == "true"
+
+
+def test_route_params_are_forced(make_proxy, fresh_sim):
+    schema = {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "integer"}}}
+    route = {"name": "j", "match": {"model": "j"},
+             "generate": {"model": "sim", "n": 3, "params": {"response_format": {"type": "json_object"}}},
+             "select": [{"check": {"json_schema": schema}}, {"vote": {"extract": "json"}}]}
+    p = make_proxy({"routes": [route]}, fresh_sim)
+    r = p.client.chat.completions.create(model="j", messages=Q, seed=1)
+    assert r.model_extra["its"]["verified"] is True
+    assert isinstance(json.loads(r.choices[0].message.content)["answer"], int)
+
+
+def test_route_params_are_checked(sim):
+    route = {"name": "j", "match": {"model": "j"}, "generate": {"model": "sim", "params": {"api_base": "x"}}}
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"model_list": sim_models(sim.url), "routes": [route]})
+    assert str(exc.value).startswith("routes[0].generate.params.api_base:")
