@@ -27,7 +27,8 @@ class Upstream:
         self.config = config
         self.models = config.models
         server = config.server
-        self.direct = DirectBackend(max_connections=max(64, server.max_upstream_concurrency))
+        self.direct = DirectBackend(max_connections=max(64, server.max_upstream_concurrency),
+                                    num_retries=server.num_retries)
         self._litellm: Backend | None = None
         if server.upstream_client == "litellm" or not all(direct_capable(m) for m in self.models.values()):
             self._litellm = self._make_litellm()

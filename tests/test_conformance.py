@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import openai
 import pytest
 
@@ -62,3 +63,15 @@ def test_upstream_4xx(both):
 def test_upstream_5xx_is_502(both, make_proxy):
     r = both.http.post("/v1/chat/completions", json={"model": "sim-broken", "messages": MSG})
     assert r.status_code == 502
+
+
+@pytest.mark.parametrize("client", ["auto", "litellm"])
+def test_num_retries_recovers_from_transient_failures(make_proxy, fresh_sim, client):
+    # The simulator fails half its requests; with retries every passthrough still succeeds.
+    p = make_proxy({"routes": [], "server": {"num_retries": 6, "upstream_client": client}}, fresh_sim)
+    httpx.post(f"{fresh_sim.url}/control", json={"fail_rate": 0.5, "fail_status": 503})
+    for i in range(3):
+        r = p.client.chat.completions.create(model="sim", messages=MSG, seed=i)
+        assert r.choices[0].message.content
+    stats = p.sim_stats()
+    assert stats["errors"] > 0 and stats["requests"] == stats["errors"] + 3

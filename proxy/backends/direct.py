@@ -35,9 +35,19 @@ def _upstream_model(entry: ModelEntry) -> str:
     return entry.model.split("/", 1)[1] if "/" in entry.model else entry.model
 
 
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def retryable(exc: UpstreamError) -> bool:
+    """Worth another try: no answer at all (connect failure, timeout) or a transient status."""
+    return exc.status is None or exc.status in RETRY_STATUS
+
+
 class DirectBackend:
-    def __init__(self, max_connections: int = 512) -> None:
+    def __init__(self, max_connections: int = 512, num_retries: int = 0, backoff_s: float = 0.25) -> None:
         self.max_connections = max_connections
+        self.num_retries = num_retries  # as litellm's num_retries: extra attempts, with backoff
+        self.backoff_s = backoff_s
         self.ssl = ssl.create_default_context(cafile=certifi.where())  # the CA bundle httpx used
         self._session: aiohttp.ClientSession | None = None  # made in the serving loop, on first use
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
@@ -71,6 +81,17 @@ class DirectBackend:
 
     async def complete(self, entry: ModelEntry, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         url, headers, content = self._request(entry, body)
+        for attempt in range(self.num_retries + 1):
+            try:
+                return await self._complete_once(url, headers, content, timeout)
+            except UpstreamError as exc:
+                if attempt == self.num_retries or not retryable(exc):
+                    raise
+            await asyncio.sleep(self.backoff_s * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    async def _complete_once(self, url: str, headers: dict[str, str], content: bytes,
+                             timeout: float) -> dict[str, Any]:
         try:
             async with self._post(url, headers, content, timeout) as resp:
                 status, raw = resp.status, await resp.read()
