@@ -138,3 +138,19 @@ def _wait_for(cond, timeout=5.0):
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_secrets_never_in_logs_errors_or_metrics(make_proxy, fresh_sim, caplog):
+    caplog.set_level("DEBUG")
+    models = [{"model_name": "gone", "litellm_params": {"model": "openai/x", "api_base": "http://127.0.0.1:9/v1",
+                                                         "api_key": KEY}},
+              {"model_name": "odd", "litellm_params": {"model": "openai/sim@bogus", "api_base": f"{fresh_sim.url}/v1",
+                                                        "api_key": KEY}}]
+    for client in ("auto", "litellm"):
+        p = make_proxy({"model_list": models, "routes": [], "server": {"upstream_client": client}}, fresh_sim)
+        for model in ("gone", "odd"):
+            r = post(p, {"model": model, "messages": MSG})
+            assert r.status_code >= 400 and KEY not in r.text
+        assert KEY not in p.http.get("/metrics").text
+        assert KEY not in p.http.get("/v1/its/stats").text
+    assert KEY not in caplog.text
