@@ -13,11 +13,6 @@ class StreamedMessage:
         self.logprob_content: list[dict[str, Any]] = []
         self.saw_logprobs = False
 
-    def add(self, chunk: dict[str, Any]) -> None:
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) == 0:
-                self.add_choice(choice)
-
     def add_choice(self, choice: dict[str, Any]) -> None:
         """One choice's delta; `finish_reason` is set once the choice is done."""
         delta = choice.get("delta") or {}
@@ -49,3 +44,24 @@ class StreamedMessage:
 
     def logprobs(self) -> dict[str, Any] | None:
         return {"content": self.logprob_content} if self.saw_logprobs else None
+
+
+class ChoiceTally:
+    """Every choice of one stream, reassembled as its chunks pass (for metering and candidates)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, StreamedMessage] = {}
+        self.finished: list[int] = []  # choice indices, in the order they finished
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk.get("choices") or []:
+            index = choice.get("index", 0)
+            part = self.parts.get(index)
+            if part is None:
+                part = self.parts[index] = StreamedMessage()
+            part.add_choice(choice)
+            if choice.get("finish_reason"):
+                self.finished.append(index)
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [self.parts[i].message() for i in sorted(self.parts)]

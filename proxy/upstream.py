@@ -16,7 +16,7 @@ from proxy.backends.direct import DirectBackend, direct_capable
 from proxy.config import Config, ModelEntry
 from proxy.ledger import CallRecord, Ledger
 from proxy.pricing import prices_for
-from proxy.stream_assembly import StreamedMessage
+from proxy.stream_assembly import ChoiceTally, StreamedMessage
 from proxy.tokens import count_message, count_messages, warm as warm_tokenizer
 from strategies.generate import derive_seed
 from strategies.types import Sample
@@ -196,16 +196,17 @@ class RequestSampler:
         entry = self.entry(model)
         record = self.ledger.open(phase, entry.name)
         body = {**(params or {}), "messages": messages, "stream_options": {"include_usage": True}}
-        chunks = self.stream(model, body, phase, record=record)
-        message = StreamedMessage()
+        tally = ChoiceTally()
+        chunks = self.stream(model, body, phase, record=record, tally=tally)
         try:
-            async for chunk in chunks:
-                message.add(chunk)
+            async for _ in chunks:
+                pass
         finally:
             await chunks.aclose()
-        return Sample(message=message.message(), finish_reason=message.finish_reason, model=entry.name,
+        part = tally.parts.get(0) or StreamedMessage()
+        return Sample(message=part.message(), finish_reason=part.finish_reason, model=entry.name,
                       call_id=record.id, prompt_tokens=record.prompt_tokens,
-                      completion_tokens=record.completion_tokens, logprobs=message.logprobs())
+                      completion_tokens=record.completion_tokens, logprobs=part.logprobs())
 
     async def stream_choices(self, messages: list[dict[str, Any]], *, model: str, n: int, phase: str = "generate",
                              params: dict[str, Any] | None = None) -> AsyncIterator[Sample]:
@@ -218,20 +219,18 @@ class RequestSampler:
         entry = self.entry(model)
         record = self.ledger.open(phase, entry.name)
         body = {**(params or {}), "messages": messages, "n": n, "stream_options": {"include_usage": True}}
-        chunks = self.stream(model, body, phase, record=record)
-        parts: dict[int, StreamedMessage] = {}
+        tally = ChoiceTally()
+        chunks = self.stream(model, body, phase, record=record, tally=tally)
         done: list[Sample] = []
         try:
-            async for chunk in chunks:
-                for choice in chunk.get("choices") or []:
-                    part = parts.setdefault(choice.get("index", 0), StreamedMessage())
-                    part.add_choice(choice)
-                    if choice.get("finish_reason"):
-                        message = part.message()
-                        done.append(Sample(message=message, finish_reason=part.finish_reason, model=entry.name,
-                                           call_id=record.id, completion_tokens=count_message(message),
-                                           logprobs=part.logprobs()))
-                        yield done[-1]
+            async for _ in chunks:
+                while len(done) < len(tally.finished):
+                    part = tally.parts[tally.finished[len(done)]]
+                    message = part.message()
+                    done.append(Sample(message=message, finish_reason=part.finish_reason, model=entry.name,
+                                       call_id=record.id, completion_tokens=count_message(message),
+                                       logprobs=part.logprobs()))
+                    yield done[-1]
         finally:
             await chunks.aclose()
             shares = split_completion(record.completion_tokens, [d.message for d in done]) \
@@ -240,14 +239,13 @@ class RequestSampler:
                 sample.prompt_tokens, sample.completion_tokens = record.prompt_tokens, share
 
     async def stream(self, model: str, body: dict[str, Any], phase: str = "generate",
-                     record: CallRecord | None = None) -> AsyncIterator[dict]:
+                     record: CallRecord | None = None, tally: ChoiceTally | None = None) -> AsyncIterator[dict]:
         """Streaming: yields upstream chunks, meters them when the stream ends (or is cut)."""
         entry = self.entry(model)
         record = record or self.ledger.open(phase, entry.name)
+        tally = tally if tally is not None else ChoiceTally()
         started = time.monotonic()
         usage: dict[str, Any] | None = None
-        text: list[str] = []
-        tool_args: list[str] = []
         answered = False  # once the upstream answered, it has read (and bills) the prompt
         await self.up.slot()
         try:
@@ -255,18 +253,9 @@ class RequestSampler:
                 answered = True
                 if chunk.get("usage"):
                     usage = chunk["usage"]
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        text.append(delta["content"])
-                    for tc in delta.get("tool_calls") or []:
-                        fn = tc.get("function") or {}
-                        tool_args.append((fn.get("name") or "") + (fn.get("arguments") or ""))
+                tally.add(chunk)
                 yield chunk
-        except asyncio.CancelledError:
-            record.outcome = "cancelled"
-            raise
-        except GeneratorExit:
+        except (asyncio.CancelledError, GeneratorExit):
             record.outcome = "cancelled"
             raise
         except UpstreamError:
@@ -275,19 +264,19 @@ class RequestSampler:
         finally:
             self.up.semaphore.release()
             record.latency_s = time.monotonic() - started
-            self._meter_stream(record, entry, body, usage, "".join(text), "".join(tool_args), answered)
+            self._meter_stream(record, entry, body, usage, tally.messages(), answered)
 
     def _meter_stream(self, record: CallRecord, entry: ModelEntry, body: dict[str, Any],
-                      usage: dict[str, Any] | None, text: str, tool_text: str, answered: bool) -> None:
+                      usage: dict[str, Any] | None, messages: list[dict[str, Any]], answered: bool) -> None:
         if usage and usage.get("prompt_tokens") is not None and record.outcome == "ok":
             record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             record.completion_tokens = int(usage.get("completion_tokens") or 0)
             record.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
         elif answered or record.outcome == "ok":
             record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
-            record.completion_tokens = count_message({"content": text + tool_text})
+            record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True
-        record.choices = 1
+        record.choices = max(1, len(messages))
         record.cost_usd = self.up.prices[entry.name].cost(record.prompt_tokens, record.completion_tokens,
                                                            record.cached_tokens)
 

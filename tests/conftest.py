@@ -109,5 +109,25 @@ def ask_its(client, model: str, q: str, seed: int | None = None):
     return r, r.model_extra["its"]
 
 
+def stage_helpers(name: str, question: str):
+    """`route` and `ask` bound to one stage's test defaults (route name, question)."""
+    def route(select, n=5, name=name, **extra):
+        return scaling_route(select, n, name, **extra)
+
+    def ask(client, model=name, q=question, seed=None):
+        return ask_its(client, model, q, seed)
+
+    return route, ask
+
+
+def send_json(handler, status: int, body: bytes) -> None:
+    """Answer from a test's BaseHTTPRequestHandler."""
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def start_proxy(make_proxy, sim, routes, **models) -> Proxy:
     return make_proxy({"model_list": sim_models(sim.url, **models), "routes": routes}, sim)

@@ -17,20 +17,13 @@ from proxy.simulator.questions import last_number, questions
 from strategies.judge import JudgeStage, yes_no_text, yes_probability
 from strategies.types import SpecError
 
-from conftest import ask_its, scaling_route, sim_models, start_proxy
+from conftest import send_json, sim_models, stage_helpers, start_proxy
 
 PATH = "routes[1].select[0].judge"
 Q = "What is 123 + 456?"
 
 
-def route(select, n=5, name="j", **extra):
-    return scaling_route(select, n, name, **extra)
-
-
-def ask(client, model="j", q=Q, seed=None):
-    return ask_its(client, model, q, seed)
-
-
+route, ask = stage_helpers("j", Q)
 start = start_proxy
 
 
@@ -137,11 +130,7 @@ class _NoLogprobsUpstream(BaseHTTPRequestHandler):
                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Yes"},
                                         "finish_reason": "stop"}],
                            "usage": {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41}}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, 200, body)
 
     def log_message(self, *args):
         pass

@@ -17,7 +17,7 @@ from proxy.config import parse_config
 from strategies.reward import RewardStage, logistic, normalise
 from strategies.types import SpecError
 
-from conftest import sim_models
+from conftest import send_json, sim_models
 
 PATH = "routes[0].select[1].reward"
 Q = "What is 305 + 218?"
@@ -160,11 +160,7 @@ class _BadEndpoint(BaseHTTPRequestHandler):
         body = {"/short": b'{"scores": [0.5]}', "/garbage": b"<html>nope</html>", "/nan": b'{"scores": [NaN]}',
                 "/list": b"[1, 2]", "/slow": b'{"scores": []}', "/500": b'{"error": "boom"}',
                 "/weird": b'{"object": "list", "data": [{"index": "x", "probs": "no"}]}'}[self.path]
-        self.send_response(500 if self.path == "/500" else 200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, 500 if self.path == "/500" else 200, body)
 
     def log_message(self, *args):
         pass

@@ -13,20 +13,13 @@ from proxy.simulator.questions import last_number, questions
 from strategies.types import SpecError
 from strategies.usc import UscStage
 
-from conftest import ask_its, scaling_route, sim_models, start_proxy
+from conftest import sim_models, stage_helpers, start_proxy
 
 PATH = "routes[0].select[0].usc"
 Q = "What is 977 + 868?"
 
 
-def route(select, n=5, name="u", **extra):
-    return scaling_route(select, n, name, **extra)
-
-
-def ask(client, model="u", q=Q, seed=None):
-    return ask_its(client, model, q, seed)
-
-
+route, ask = stage_helpers("u", Q)
 start = start_proxy
 
 
