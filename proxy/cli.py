@@ -92,7 +92,7 @@ def debug_loop():
     except ImportError:
         import asyncio
 
-        base = type(asyncio.new_event_loop())
+        base = asyncio.SelectorEventLoop
     pinned = type("DebugLoop", (base,), {"set_debug": lambda self, enabled: base.set_debug(self, True)})
     loop = pinned()
     loop.set_debug(True)

@@ -10,21 +10,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-PHASES = ("generate", "judge", "reward", "check", "repair", "usc")
-OUTCOMES = ("ok", "error", "cancelled")
-
 
 @dataclass
 class CallRecord:
     id: int
-    phase: str
+    phase: str  # generate | judge | reward | check | repair | usc
     model: str  # model_list name
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float | None = None  # None: price unknown (never silently zero)
     latency_s: float = 0.0
-    outcome: str = "ok"
+    outcome: str = "ok"  # ok | error | cancelled
     estimated: bool = False  # counted with tiktoken, the upstream gave no usage
     choices: int = 0
 
