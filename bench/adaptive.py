@@ -3,7 +3,7 @@
     python -m bench.adaptive            # full run: 300 questions, every config (~minutes on 2 cores)
     python -m bench.adaptive --quick    # 60 questions, fewer configs (< 2 minutes)
 
-Everything goes over loopback HTTP: the simulator (`proxy.simulator`) and the proxy
+Everything goes over loopback HTTP: the simulator (`itsproxy.proxy.simulator`) and the proxy
 run in background threads of this process, and a pool of 8 client threads sends
 the questions with the openai SDK. Every configuration gets the same 300 questions
 (`questions(2024, 300)`, same simulator seed, so the same p per question) and the
@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.llm import OFFLINE_ENV
+from itsproxy.proxy.upstream.litellm_loader import OFFLINE_ENV
 
 for _k, _v in OFFLINE_ENV.items():
     os.environ.setdefault(_k, _v)
@@ -52,13 +52,13 @@ for _k, _v in OFFLINE_ENV.items():
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from proxy.app import create_app  # noqa: E402
-from proxy.config import parse_config  # noqa: E402
-from proxy.serving import embedded_config, serve_in_thread  # noqa: E402
-from proxy.simulator import SimConfig, last_number, questions  # noqa: E402
-from proxy.simulator import serve_in_thread as serve_simulator  # noqa: E402
+from itsproxy.proxy.http.app import create_app  # noqa: E402
+from itsproxy.proxy.config import parse_config  # noqa: E402
+from itsproxy.proxy.serving import embedded_config, serve_in_thread  # noqa: E402
+from itsproxy.proxy.simulator import SimConfig, last_number, questions  # noqa: E402
+from itsproxy.proxy.simulator import serve_in_thread as serve_simulator  # noqa: E402
 
-QUESTION_SEED = 2024  # proxy.simulator.questions(seed, count)
+QUESTION_SEED = 2024  # itsproxy.proxy.simulator.questions(seed, count)
 SIM_SEED = 7  # the simulator's seed: each question's p and common wrong answer
 REQUEST_SEED = 10_000  # question i is always asked with seed REQUEST_SEED + i
 CONFIDENCE = 0.95  # beta and predictive

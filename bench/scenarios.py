@@ -66,7 +66,7 @@ def proxy_config(sim_url: str, prices: bool = True) -> dict[str, Any]:
               _model("sim-slow-no-n", sim_url, f"sim@no_n@latency_ms={SLOW_MS}", supports_n=False, prices=prices)]
     check = {"name": "check-repair", "match": {"model": "check-repair"},
              "generate": {"model": "sim", "n": 8, "temperature": 0.8},
-             "select": [{"check": {"python": "proxy.demo_checks:check_sum"}}, {"vote": {"extract": "number"}}],
+             "select": [{"check": {"python": "itsproxy.proxy.demo_checks:check_sum"}}, {"vote": {"extract": "number"}}],
              "repair": {"rounds": 2}, "on_unverified": "best_effort", "limits": {"timeout_s": 60}}
     routes = [_vote("vote8", "sim"), _vote("vote8-fan", "sim-no-n"), _vote("vote8-slow", "sim-slow"),
               _vote("vote8-slow-fan", "sim-slow-no-n"), check,

@@ -1,3 +1,3 @@
-from proxy.cli import main
+from itsproxy.proxy.cli import main
 
 raise SystemExit(main())

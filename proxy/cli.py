@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 
-from proxy.schema import ConfigError
+from itsproxy.proxy.config_fields import ConfigError
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 # Event-loop watchdog: asyncio debug mode, logging every callback that holds the loop
@@ -27,7 +27,7 @@ def is_loopback(host: str) -> bool:
 
 
 def _load(path: str | None):
-    from proxy.config import load_config
+    from itsproxy.proxy.config import load_config
 
     try:
         return load_config(path)
@@ -58,7 +58,7 @@ def cmd_check_config(args) -> int:
 
 
 def _start_simulator(section: dict):
-    from proxy.simulator import SimConfig, serve_in_thread
+    from itsproxy.proxy.simulator import SimConfig, serve_in_thread
 
     fields = {k: v for k, v in section.items() if k not in ("port", "host")}
     handle = serve_in_thread(SimConfig(**fields), host=section.get("host", "127.0.0.1"), port=section.get("port", 0))
@@ -83,7 +83,7 @@ def loop_debug_ms() -> float | None:
 
 
 def debug_loop():
-    """uvicorn loop factory (`loop="proxy.cli:debug_loop"`): uvloop (or asyncio) in debug mode.
+    """uvicorn loop factory (`loop="itsproxy.proxy.cli:debug_loop"`): uvloop (or asyncio) in debug mode.
     Debug stays on: uvicorn's runner calls set_debug(False) on the loop it is given."""
     try:
         import uvloop
@@ -105,7 +105,7 @@ def _watch_loop() -> str:
     if loop_debug_ms() is None:
         return "auto"
     logging.getLogger("asyncio").addHandler(SlowCallbacks(sys.stderr))
-    return "proxy.cli:debug_loop"
+    return "itsproxy.proxy.cli:debug_loop"
 
 
 def _freeze_heap() -> None:
@@ -138,9 +138,9 @@ def cmd_serve(args) -> int:
             os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="itsproxy-metrics-"))
             if args.config:
                 os.environ["ITSPROXY_CONFIG"] = os.path.abspath(args.config)
-            uvicorn.run("proxy.app:app_from_env", factory=True, workers=args.workers, **opts)
+            uvicorn.run("itsproxy.proxy.http.app:app_from_env", factory=True, workers=args.workers, **opts)
         else:
-            from proxy.app import create_app
+            from itsproxy.proxy.http.app import create_app
 
             app = create_app(config)
             _freeze_heap()
@@ -155,7 +155,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from proxy.simulator import config_from_args, run
+    from itsproxy.proxy.simulator import config_from_args, run
 
     run(config_from_args(args), args.host, args.port)
     return 0
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path")
     check.set_defaults(func=cmd_check_config)
 
-    from proxy.simulator import add_cli_arguments
+    from itsproxy.proxy.simulator import add_cli_arguments
 
     sim = sub.add_parser("simulate", help="serve the simulated upstream (a noisy arithmetic model)")
     sim.add_argument("--host", default="127.0.0.1")
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_arguments(sim)
     sim.set_defaults(func=cmd_simulate)
 
-    from proxy.traces_cli import register as register_traces
+    from itsproxy.proxy.telemetry.traces_export import register as register_traces
 
     register_traces(sub)
     return parser

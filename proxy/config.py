@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from proxy.params import FORWARD
-from proxy.schema import ConfigError, boolean, choice, integer, mapping, number, seq, string
-from proxy.traces import parse_traces
-from strategies.pipeline import Pipeline, build_pipeline
-from strategies.types import SpecError
+from itsproxy.proxy.http.chat_request import FORWARD
+from itsproxy.proxy.config_fields import ConfigError, boolean, choice, integer, mapping, number, seq, string
+from itsproxy.proxy.telemetry.traces import parse_traces
+from itsproxy.strategies.pipeline import Pipeline, build_pipeline
+from itsproxy.strategies.types import SpecError
 
 ENV_PREFIX = "os.environ/"
 DEFAULT_CONFIG = "default_config.yaml"
@@ -248,7 +248,7 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
 def load_config(path: str | None = None) -> Config:
     """Load `path`, or the default config shipped in the package (offline demo)."""
     if path is None:
-        text = resources.files("proxy").joinpath(DEFAULT_CONFIG).read_text()
+        text = resources.files("itsproxy.proxy").joinpath(DEFAULT_CONFIG).read_text()
         source = f"<package>/{DEFAULT_CONFIG}"
     else:
         try:

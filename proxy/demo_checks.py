@@ -1,7 +1,7 @@
 """An exact arithmetic checker for "What is A + B?" questions (demo and tests).
 
-As a python entry point:  check: {python: "proxy.demo_checks:check_sum"}
-As a command:             check: {command: [python, -m, proxy.demo_checks]}
+As a python entry point:  check: {python: "itsproxy.proxy.demo_checks:check_sum"}
+As a command:             check: {command: [python, -m, itsproxy.proxy.demo_checks]}
 (reads the payload JSON on stdin, prints the critique, exits 0 on pass, 1 on fail).
 The critique never reveals the right answer: the model has to recompute it.
 """

@@ -6,8 +6,8 @@ unchanged), then glob routes in file order; nothing matches -> 404.
 
 from __future__ import annotations
 
-from proxy.config import Config, Limits, Route
-from proxy.errors import ApiError
+from itsproxy.proxy.config import Config, Limits, Route
+from itsproxy.proxy.errors import ApiError
 
 
 class Router:

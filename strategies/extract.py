@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
-from strategies.types import SpecError
+from itsproxy.strategies.types import SpecError
 
 KINDS = ("number", "regex", "boxed", "exact", "json", "tool_call")
 

@@ -14,9 +14,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from strategies.adaptive import AdaptiveSpec, parse_adaptive
-from strategies.types import Candidate, Sampler, SpecError
-from strategies.search import parse_search
+from itsproxy.strategies.adaptive.rules import AdaptiveSpec, parse_adaptive
+from itsproxy.strategies.types import Candidate, Sampler, SpecError
+from itsproxy.strategies.search.strings import parse_search
 
 AUGMENT_AS = ("system", "suffix")
 

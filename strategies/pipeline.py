@@ -10,17 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from strategies.adaptive_loop import AdaptiveDraw
-from strategies.extract import Extractor
-from strategies.generate import GenerateSpec, draw, parse_generate
-from strategies.repair import RepairSpec, backprompt, parse_repair
-from strategies import search_run
-from strategies.types import Candidate, Sampler, Selection, SpecError
-from strategies.check_stage import CheckStage
-from strategies.judge import JudgeStage
-from strategies.reward import RewardStage
-from strategies.usc import UscStage
-from strategies.vote import Tally, VoteStage
+from itsproxy.strategies.adaptive.draw import AdaptiveDraw
+from itsproxy.strategies.extract import Extractor
+from itsproxy.strategies.generate import GenerateSpec, draw, parse_generate
+from itsproxy.strategies.repair import RepairSpec, backprompt, parse_repair
+from itsproxy.strategies.search import strings_run as search_run
+from itsproxy.strategies.types import Candidate, Sampler, Selection, SpecError
+from itsproxy.strategies.stages.check import CheckStage
+from itsproxy.strategies.stages.judge import JudgeStage
+from itsproxy.strategies.stages.reward import RewardStage
+from itsproxy.strategies.stages.usc import UscStage
+from itsproxy.strategies.stages.vote import Tally, VoteStage
 
 
 class NotEnoughCandidates(Exception):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from strategies.types import Candidate, SpecError
+from itsproxy.strategies.types import Candidate, SpecError
 
 DEFAULT_TEMPLATE = (
     "Your answer did not pass verification. The checker said:\n{critiques}\n\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
-from strategies.check import aclose_checkers, build_checkers, payload_for
-from strategies.types import Candidate, Sample
+from itsproxy.strategies.checkers.build import aclose_checkers, build_checkers, payload_for
+from itsproxy.strategies.types import Candidate, Sample
 
 QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
 PATH = "routes[2].select[0].check"

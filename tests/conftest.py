@@ -10,16 +10,16 @@ import httpx
 import openai
 import pytest
 
-from proxy.llm import OFFLINE_ENV
+from itsproxy.proxy.upstream.litellm_loader import OFFLINE_ENV
 
 for _k, _v in OFFLINE_ENV.items():
     os.environ.setdefault(_k, _v)
 
-from proxy.app import create_app  # noqa: E402
-from proxy.config import parse_config  # noqa: E402
-from proxy.serving import ServerHandle, embedded_config, serve_in_thread  # noqa: E402
-from proxy.simulator import SimConfig  # noqa: E402
-from proxy.simulator import serve_in_thread as serve_simulator  # noqa: E402
+from itsproxy.proxy.http.app import create_app  # noqa: E402
+from itsproxy.proxy.config import parse_config  # noqa: E402
+from itsproxy.proxy.serving import ServerHandle, embedded_config, serve_in_thread  # noqa: E402
+from itsproxy.proxy.simulator import SimConfig  # noqa: E402
+from itsproxy.proxy.simulator import serve_in_thread as serve_simulator  # noqa: E402
 
 KEY = "sk-upstream-secret-4f9a"  # the proxy's upstream key: must never leak
 

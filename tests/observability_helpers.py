@@ -20,8 +20,10 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from proxy import dashboard, serving
-from proxy.ledger import CallRecord, RequestReport, Tokens
+from itsproxy.proxy.telemetry import dashboard
+
+from itsproxy.proxy import serving
+from itsproxy.proxy.metering.ledger import CallRecord, RequestReport, Tokens
 
 WAIT_S = 30.0  # upper bound for every wait on an external process
 

@@ -6,8 +6,8 @@ import httpx
 import openai
 import pytest
 
-from proxy.simulator import SimConfig, questions, serve_in_thread
-from proxy.simulator.questions import last_number
+from itsproxy.proxy.simulator import SimConfig, questions, serve_in_thread
+from itsproxy.proxy.simulator.questions import last_number
 
 QS = questions(42, 300)
 

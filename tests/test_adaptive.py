@@ -11,10 +11,10 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.simulator import SimConfig, parse_question
-from proxy.simulator import serve_in_thread as serve_simulator
-from proxy.simulator.model import FILLERS, TEMPLATES
-from proxy.tokens import count_messages, count_text
+from itsproxy.proxy.simulator import SimConfig, parse_question
+from itsproxy.proxy.simulator import serve_in_thread as serve_simulator
+from itsproxy.proxy.simulator.model import FILLERS, TEMPLATES
+from itsproxy.proxy.metering.tokens import count_messages, count_text
 
 from conftest import sim_models
 

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from strategies.adaptive import (
+from itsproxy.strategies.adaptive.rules import (
     AdaptiveSpec, Decision, beta_tail, draws_before_stop, final_majority, leaders, mean_completion_tokens,
     next_batch, next_verified_batch, parse_adaptive, posterior, should_stop, stop_info, stop_on_verified,
 )
-from strategies.types import SpecError
+from itsproxy.strategies.types import SpecError
 
 
 def spec(**kw) -> AdaptiveSpec:

@@ -10,13 +10,13 @@ from datetime import datetime, timezone
 
 import pytest
 
-from proxy.auth import client_key
-from proxy.budgets import (
+from itsproxy.proxy.http.auth import client_key
+from itsproxy.proxy.metering.budgets import (
     ANONYMOUS, BudgetConfig, BudgetLimits, Budgets, MemoryBudgetStore, SqliteBudgetStore, build_budgets, key_id,
     parse_budgets,
 )
-from proxy.errors import ApiError
-from proxy.schema import ConfigError
+from itsproxy.proxy.errors import ApiError
+from itsproxy.proxy.config_fields import ConfigError
 
 NOW = datetime(2024, 5, 1, 21, 0, 0, tzinfo=timezone.utc)  # 3 h before the UTC day ends
 

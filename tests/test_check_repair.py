@@ -10,13 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Proxy, sim_models
-from proxy.app import create_app
-from proxy.config import parse_config
-from proxy.serving import embedded_config, serve_in_thread
-from proxy.simulator import questions
+from itsproxy.proxy.http.app import create_app
+from itsproxy.proxy.config import parse_config
+from itsproxy.proxy.serving import embedded_config, serve_in_thread
+from itsproxy.proxy.simulator import questions
 from tests import soundness_oracle
 
-ARITH = {"python": "proxy.demo_checks:check_sum"}
+ARITH = {"python": "itsproxy.proxy.demo_checks:check_sum"}
 
 
 def route(name, n=3, rounds=2, on_unverified="error", check=ARITH, vote=True, model="sim"):
@@ -85,7 +85,7 @@ def test_checker_crash_is_a_failed_check(make_proxy, fresh_sim):
 
 
 def test_command_checker_verifies(make_proxy, fresh_sim):
-    cmd = {"command": ["python", "-m", "proxy.demo_checks"], "timeout_s": 10}
+    cmd = {"command": ["python", "-m", "itsproxy.proxy.demo_checks"], "timeout_s": 10}
     p = make_proxy({"routes": [route("cmd", n=3, rounds=2, check=cmd)]}, fresh_sim)
     r = ask(p.client, "cmd", "What is 20 + 22?", 3)
     assert r.model_extra["its"]["verified"] is True and "42" in r.choices[0].message.content

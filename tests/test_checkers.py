@@ -10,14 +10,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from strategies.check import (
+from itsproxy.strategies.checkers.build import (
     aclose_checkers,
     build_checkers,
     check_candidates,
     check_extractor,
     payload_for,
 )
-from strategies.types import SpecError
+from itsproxy.strategies.types import SpecError
 
 from checker_helpers import PATH, QUESTION, cand, one, run
 
@@ -35,10 +35,10 @@ def test_payload_shape():
 
 @pytest.mark.asyncio
 async def test_check_candidates_order_and_fail_closed():
-    checkers = build_checkers({"python": "proxy.demo_checks:check_sum", "regex": "^4"}, PATH)
+    checkers = build_checkers({"python": "itsproxy.proxy.demo_checks:check_sum", "regex": "^4"}, PATH)
     cands = [cand("The answer is 42.", "42", 0), cand("The answer is 41.", "41", 1), cand("nothing", None, 2)]
     await check_candidates(checkers, cands, QUESTION)
-    assert [[v.checker for v in c.verdicts] for c in cands] == [["python:proxy.demo_checks:check_sum", "regex"]] * 3
+    assert [[v.checker for v in c.verdicts] for c in cands] == [["python:itsproxy.proxy.demo_checks:check_sum", "regex"]] * 3
     assert [c.verified for c in cands] == [True, False, False]
     assert cands[0].verdicts[0].critique == "17 + 25 = 42, correct"
     assert all(v.hard for c in cands for v in c.verdicts)
@@ -135,7 +135,7 @@ async def test_python_cannot_alter_shared_payload(entries):
 
 @pytest.mark.asyncio
 async def test_demo_checks_python_entry():
-    spec = {"python": "proxy.demo_checks:check_sum", "timeout_s": 5}
+    spec = {"python": "itsproxy.proxy.demo_checks:check_sum", "timeout_s": 5}
     v = await run(spec, "I think it's 40 + 2 = 42")
     assert v.passed and v.critique == "17 + 25 = 42, correct"
     v = await run(spec, "whatever", answer="-8")
@@ -298,11 +298,11 @@ async def test_several_kinds_in_one_stage():
          "invalid JSON schema"),
         ({"json_schema": {"$schema": "http://example.com/nope"}}, ".json_schema.$schema", "unknown"),
         ({"json_schema": "object"}, ".json_schema", "mapping"),
-        ({"python": "proxy.demo_checks"}, ".python", "package.module:function"),
+        ({"python": "itsproxy.proxy.demo_checks"}, ".python", "package.module:function"),
         ({"python": "its_no_such_module_xyz:f"}, ".python", "cannot import"),
-        ({"python": "proxy.demo_checks:nope"}, ".python", "no attribute"),
-        ({"python": "proxy.demo_checks:_QUESTION"}, ".python", "not callable"),
-        ({"python": "proxy.demo_checks:check_sum", "timeout_s": 0}, ".timeout_s", "positive"),
+        ({"python": "itsproxy.proxy.demo_checks:nope"}, ".python", "no attribute"),
+        ({"python": "itsproxy.proxy.demo_checks:_QUESTION"}, ".python", "not callable"),
+        ({"python": "itsproxy.proxy.demo_checks:check_sum", "timeout_s": 0}, ".timeout_s", "positive"),
         ({"http": {"url": "ftp://x/y"}}, ".http.url", "http(s)"),
         ({"http": {"url": 5}}, ".http.url", "URL"),
         ({"http": {"url": "http://x", "bogus": 1}}, ".http.bogus", "unknown key"),
@@ -318,7 +318,7 @@ def test_spec_errors(spec, path, words):
 
 
 def test_defaults():
-    c = one({"command": ["python", "-m", "proxy.demo_checks"], "timeout_s": 2.5})
+    c = one({"command": ["python", "-m", "itsproxy.proxy.demo_checks"], "timeout_s": 2.5})
     assert (c.timeout_s, c.cpu_s, c.memory_mb, c.argv[0]) == (2.5, 3, 1024, sys.executable)
     h = one({"http": {"url": "https://verify.example:8443/v"}, "timeout_s": 3})
     assert h.name == "http:verify.example:8443" and h.timeout_s == 3

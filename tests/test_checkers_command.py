@@ -10,7 +10,7 @@ import time
 import pytest
 
 from checker_helpers import PATH, QUESTION, cand, one, py, run
-from strategies.check import build_checkers, check_candidates
+from itsproxy.strategies.checkers.build import build_checkers, check_candidates
 
 
 # ---------------------------------------------------------------- command
@@ -18,10 +18,10 @@ from strategies.check import build_checkers, check_candidates
 
 @pytest.mark.asyncio
 async def test_command_demo_checks_pass_and_fail():
-    spec = {"command": ["python", "-m", "proxy.demo_checks"], "timeout_s": 10}
-    assert one(spec).name == "command:proxy.demo_checks"
+    spec = {"command": ["python", "-m", "itsproxy.proxy.demo_checks"], "timeout_s": 10}
+    assert one(spec).name == "command:itsproxy.proxy.demo_checks"
     v = await run(spec, "so it is 42")
-    assert v.passed and v.critique == "17 + 25 = 42, correct" and v.checker == "command:proxy.demo_checks"
+    assert v.passed and v.critique == "17 + 25 = 42, correct" and v.checker == "command:itsproxy.proxy.demo_checks"
     v = await run(spec, "The answer is 43.")
     assert not v.passed
     assert v.critique == "The answer 43 is wrong: 17 + 25 is not 43. Recompute the sum carefully."

@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from proxy.config import parse_config
-from proxy.schema import ConfigError
+from itsproxy.proxy.config import parse_config
+from itsproxy.proxy.config_fields import ConfigError
 
 MODELS = [{"model_name": "m", "litellm_params": {"model": "openai/x", "api_base": "http://127.0.0.1:1/v1"}}]
 

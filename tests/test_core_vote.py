@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from proxy.simulator import questions
+from itsproxy.proxy.simulator import questions
 
 from conftest import PASS_ROUTE, VOTE_ROUTE
 

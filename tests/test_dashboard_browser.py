@@ -20,7 +20,7 @@ try:
 except ImportError:
     import observability_helpers as obs
 
-from proxy import metrics
+from itsproxy.proxy.telemetry import metrics
 
 CHROMIUM = "/usr/bin/chromium"
 CHARTS = ("requests", "tokens", "latency", "agreement")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 
-from proxy.simulator import questions
+from itsproxy.proxy.simulator import questions
 from tests import observability_helpers as obs
 from tests.test_dashboard_browser import CHARTS, body_attr, chart_container, chromium, tile_value
 
@@ -16,7 +16,7 @@ def test_live_proxy_dashboard_draws_its_traffic(make_proxy, fresh_sim, tmp_path)
     browser = obs.require_binary(CHROMIUM, "chromium")
     name = f"dash-{uuid.uuid4().hex[:6]}"
     route = {"name": name, "match": {"model": "dash"}, "generate": {"model": "sim", "n": 5, "temperature": 0.8},
-             "select": [{"check": {"python": "proxy.demo_checks:check_sum"}}, {"vote": {"extract": "number"}}],
+             "select": [{"check": {"python": "itsproxy.proxy.demo_checks:check_sum"}}, {"vote": {"extract": "number"}}],
              "repair": {"rounds": 1}, "on_unverified": "best_effort"}
     p = make_proxy({"routes": [route]}, fresh_sim)
     stop = threading.Event()

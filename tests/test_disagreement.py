@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from proxy.simulator import questions
+from itsproxy.proxy.simulator import questions
 from tests import observability_helpers as obs
 
 
 def test_judge_checker_disagreements_recorded_and_counted(make_proxy, fresh_sim):
     name = f"both-{uuid.uuid4().hex[:6]}"
     route = {"name": name, "match": {"model": "both"}, "generate": {"model": "judge-noisy", "n": 4, "temperature": 0.8},
-             "select": [{"check": {"python": "proxy.demo_checks:check_sum"}},
+             "select": [{"check": {"python": "itsproxy.proxy.demo_checks:check_sum"}},
                         {"judge": {"model": "judge-noisy", "mode": "pointwise"}},
                         {"vote": {"extract": "number"}}],
              "on_unverified": "best_effort"}

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from strategies.extract import build_extractor
-from strategies.types import Candidate, Sample, SpecError
-from strategies.vote import tally
+from itsproxy.strategies.extract import build_extractor
+from itsproxy.strategies.types import Candidate, Sample, SpecError
+from itsproxy.strategies.stages.vote import tally
 
 
 def msg(content=None, tool_calls=None):

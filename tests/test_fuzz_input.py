@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import PASS_ROUTE, VOTE_ROUTE, Proxy, sim_models
-from proxy.app import create_app
-from proxy.config import parse_config
-from proxy.serving import embedded_config, serve_in_thread
+from itsproxy.proxy.http.app import create_app
+from itsproxy.proxy.config import parse_config
+from itsproxy.proxy.serving import embedded_config, serve_in_thread
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from conftest import sim_models
-from proxy.config import parse_config
-from proxy.schema import ConfigError
-from strategies.generate import GenerateSpec, PoolMember, plan_slots
+from itsproxy.proxy.config import parse_config
+from itsproxy.proxy.config_fields import ConfigError
+from itsproxy.strategies.generate import GenerateSpec, PoolMember, plan_slots
 
 VOTE = {"vote": {"extract": "number"}}
 Q = [{"role": "user", "content": "What is 12 + 30?"}]

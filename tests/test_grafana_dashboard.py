@@ -15,7 +15,7 @@ try:
 except ImportError:
     import observability_helpers as obs
 
-from proxy import metrics
+from itsproxy.proxy.telemetry import metrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboard.json"

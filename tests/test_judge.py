@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
-from proxy.config import parse_config
-from proxy.schema import ConfigError
-from proxy.simulator.questions import last_number, questions
-from strategies.judge import JudgeStage, yes_no_text, yes_probability
-from strategies.types import SpecError
+from itsproxy.proxy.config import parse_config
+from itsproxy.proxy.config_fields import ConfigError
+from itsproxy.proxy.simulator.questions import last_number, questions
+from itsproxy.strategies.stages.judge import JudgeStage, yes_no_text, yes_probability
+from itsproxy.strategies.types import SpecError
 
 from conftest import send_json, sim_models, stage_helpers, start_proxy
 
@@ -192,7 +192,7 @@ def test_judge_then_weighted_vote(make_proxy, sim):
 
 
 def test_judge_beside_hard_checks_counts_disagreements(make_proxy, sim):
-    select = [{"check": {"python": "proxy.demo_checks:check_sum"}},
+    select = [{"check": {"python": "itsproxy.proxy.demo_checks:check_sum"}},
               {"judge": {"model": "coin", "format": "yesno"}}, {"vote": {"extract": "number"}}]
     p = start(make_proxy, sim, [route(select, n=8, on_unverified="best_effort")],
               coin="sim@judge_tpr=0.5@judge_fpr=0.5")

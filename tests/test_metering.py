@@ -13,11 +13,11 @@ import httpx
 import yaml
 
 from conftest import sim_models
-from proxy.simulator import questions
+from itsproxy.proxy.simulator import questions
 from tests import observability_helpers as obs
 from tests.test_prometheus_server import prometheus, scalar  # noqa: F401 - a fixture
 
-ARITH = {"python": "proxy.demo_checks:check_sum"}
+ARITH = {"python": "itsproxy.proxy.demo_checks:check_sum"}
 
 
 def routes(tag: str) -> list[dict]:

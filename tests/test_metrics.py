@@ -19,8 +19,8 @@ try:
 except ImportError:  # pytest's default rootdir-less import mode puts tests/ itself on sys.path
     import observability_helpers as obs
 
-from proxy import metrics
-from proxy.stats import histogram_quantile, stats_snapshot
+from itsproxy.proxy.telemetry import metrics
+from itsproxy.proxy.telemetry.stats import histogram_quantile, stats_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,7 +175,7 @@ def test_observe_never_raises_on_odd_reports(server):
 WORKER = textwrap.dedent("""
     import os, sys
     from prometheus_client import values
-    from proxy import metrics
+    from itsproxy.proxy.telemetry import metrics
     from tests.observability_helpers import make_report
     assert values.ValueClass is not values.MutexValue, "not in multi-process mode"
     route, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

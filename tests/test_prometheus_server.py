@@ -15,7 +15,7 @@ try:
 except ImportError:
     import observability_helpers as obs
 
-from proxy import metrics
+from itsproxy.proxy.telemetry import metrics
 
 PROMETHEUS = "/usr/bin/prometheus"
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboard.json"

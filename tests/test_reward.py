@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from proxy.config import parse_config
-from strategies.reward import RewardStage, logistic, normalise
-from strategies.types import SpecError
+from itsproxy.proxy.config import parse_config
+from itsproxy.strategies.stages.reward import RewardStage, logistic, normalise
+from itsproxy.strategies.types import SpecError
 
 from conftest import send_json, sim_models
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy import metrics
-from proxy.config import ConfigError, parse_config
-from proxy.search_store import SearchStore
-from proxy.simulator import SimConfig
-from proxy.simulator import serve_in_thread as serve_simulator
-from strategies.search import ArmStats, allocate, request_rng, rewards_for
-from strategies.types import Candidate, Sample, Selection, Verdict
+from itsproxy.proxy.telemetry import metrics
+from itsproxy.proxy.config import ConfigError, parse_config
+from itsproxy.proxy.storage.search_store import SearchStore
+from itsproxy.proxy.simulator import SimConfig
+from itsproxy.proxy.simulator import serve_in_thread as serve_simulator
+from itsproxy.strategies.search.strings import ArmStats, allocate, request_rng, rewards_for
+from itsproxy.strategies.types import Candidate, Sample, Selection, Verdict
 from tests.conftest import sim_models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,7 +210,7 @@ def test_concurrent_requests_from_two_proxies_lose_no_update(make_proxy, sim, tm
 WORKER = textwrap.dedent("""
     import asyncio, sys
     from prometheus_client import values
-    from proxy.search_store import SearchStore
+    from itsproxy.proxy.storage.search_store import SearchStore
     assert values.ValueClass is not values.MutexValue, "not in multi-process mode"
     path, route, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     arms = ["a", "b"]

@@ -11,8 +11,8 @@ import httpx
 import openai
 import pytest
 
-from proxy import tokens
-from proxy.simulator import (
+from itsproxy.proxy.metering import tokens
+from itsproxy.proxy.simulator import (
     SimConfig,
     add_cli_arguments,
     config_from_args,
@@ -21,7 +21,7 @@ from proxy.simulator import (
     questions,
     truth_of,
 )
-from proxy.simulator.questions import last_number
+from itsproxy.proxy.simulator.questions import last_number
 
 from sim_helpers import QS, accuracy, answers, chat, client, fresh, http, sim, user  # noqa: F401 - fixtures
 

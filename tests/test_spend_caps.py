@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import parse_config
-from proxy.schema import ConfigError
+from itsproxy.proxy.config import parse_config
+from itsproxy.proxy.config_fields import ConfigError
 
 from conftest import sim_models
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import openai
 import pytest
 
-from proxy.cli import main as cli_main
-from proxy.schema import ConfigError
-from proxy.traces import TraceFile, TraceHook, TraceSettings, TraceWriter, build_trace_hook, parse_traces, redact
+from itsproxy.proxy.cli import main as cli_main
+from itsproxy.proxy.config_fields import ConfigError
+from itsproxy.proxy.telemetry.traces import TraceFile, TraceHook, TraceSettings, TraceWriter, build_trace_hook, parse_traces, redact
 from tests.conftest import KEY, PASS_ROUTE
 
 CHECKED = {"name": "checked", "match": {"model": "math-checked"}, "generate": {"model": "sim", "n": 3, "temperature": 0.8},
-           "select": [{"check": {"python": "proxy.demo_checks:check_sum"}}, {"vote": {"extract": "number"}}],
+           "select": [{"check": {"python": "itsproxy.proxy.demo_checks:check_sum"}}, {"vote": {"extract": "number"}}],
            "repair": {"rounds": 1}, "on_unverified": "best_effort", "limits": {"timeout_s": 20}}
 BROKEN = {"name": "broken", "match": {"model": "broken"}, "generate": {"model": "sim-broken", "n": 2},
           "select": [{"vote": {"extract": "number"}}], "limits": {"timeout_s": 20}}
@@ -73,7 +73,7 @@ def test_records_per_request_with_evidence_and_no_secrets(make_proxy, sim, tmp_p
         assert any(c["index"] == r["selected"] for c in r["candidates"])
         for c in r["candidates"]:
             assert c["message"]["role"] == "assistant"
-            assert c["verdicts"][0]["checker"] == "python:proxy.demo_checks:check_sum"
+            assert c["verdicts"][0]["checker"] == "python:itsproxy.proxy.demo_checks:check_sum"
         assert isinstance(r["verified"], bool) and isinstance(r["rounds"], list) and "votes" in r
     failed = [r for r in recs if r["status"] != 200]
     assert [(r["route"], r["status"]) for r in failed] == [("broken", err.value.status_code)]
@@ -135,7 +135,7 @@ def test_redaction_drops_credential_keys_and_keeps_token_counts():
 
 WRITER = textwrap.dedent("""
     import os, sys, time
-    from proxy.traces import TraceSettings, TraceWriter
+    from itsproxy.proxy.telemetry.traces import TraceSettings, TraceWriter
     path, proc, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     w = TraceWriter(TraceSettings(path=path, max_bytes=20000, keep_files=1000, queue_size=count))
     open(f"{path}-ready{proc}", "w").close()

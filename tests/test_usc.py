@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from proxy.config import parse_config
-from proxy.schema import ConfigError
-from proxy.simulator.questions import last_number, questions
-from strategies.types import SpecError
-from strategies.usc import UscStage
+from itsproxy.proxy.config import parse_config
+from itsproxy.proxy.config_fields import ConfigError
+from itsproxy.proxy.simulator.questions import last_number, questions
+from itsproxy.strategies.types import SpecError
+from itsproxy.strategies.stages.usc import UscStage
 
 from conftest import sim_models, stage_helpers, start_proxy
 
@@ -86,7 +86,7 @@ def test_failed_call_returns_the_first_with_a_note(make_proxy, sim):
 
 
 def test_usc_after_checks_picks_among_the_verified(make_proxy, sim):
-    select = [{"check": {"python": "proxy.demo_checks:check_sum", "extract": "number"}}, {"usc": {"model": "sim"}}]
+    select = [{"check": {"python": "itsproxy.proxy.demo_checks:check_sum", "extract": "number"}}, {"usc": {"model": "sim"}}]
     p = start(make_proxy, sim, [route(select, n=6, on_unverified="best_effort")])
     for seed in range(4):
         raw = p.client.chat.completions.with_raw_response.create(

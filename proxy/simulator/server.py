@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy import tokens
+from itsproxy.proxy.metering import tokens
 
 from . import model as sim_model
 from . import verifier, wire

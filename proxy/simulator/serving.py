@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from proxy import serving
+from itsproxy.proxy import serving
 
 from .config import SimConfig
 from .server import SimState, create_app

@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any
 
-from proxy import tokens
+from itsproxy.proxy.metering import tokens
 
 from .model import Choice
 from .questions import NUMBER_RE

@@ -1,1 +1,1 @@
-"""One module per checker kind; `strategies.check` builds and runs them."""
+"""One module per checker kind; `itsproxy.strategies.checkers.build` builds and runs them."""

@@ -8,7 +8,7 @@ import math
 import os
 from typing import Any
 
-from strategies.types import SpecError, Verdict
+from itsproxy.strategies.types import SpecError, Verdict
 
 CRITIQUE_CAP = 16 * 1024  # bytes/characters of checker output we keep
 DEFAULT_TIMEOUT_S = 10.0

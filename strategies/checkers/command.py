@@ -20,7 +20,7 @@ import sysconfig
 import tempfile
 from typing import Any
 
-from strategies.types import SpecError, Verdict
+from itsproxy.strategies.types import SpecError, Verdict
 
 from ._common import (
     CRITIQUE_CAP,

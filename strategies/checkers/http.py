@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from strategies.types import SpecError, Verdict
+from itsproxy.strategies.types import SpecError, Verdict
 
 from ._common import (
     DEFAULT_CONCURRENCY,

@@ -15,7 +15,7 @@ import inspect
 import re
 from typing import Any, Callable
 
-from strategies.types import SpecError, Verdict
+from itsproxy.strategies.types import SpecError, Verdict
 
 from ._common import (
     DEFAULT_CONCURRENCY,

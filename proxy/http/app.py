@@ -1,0 +1,81 @@
+"""The HTTP surface: routes, auth, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from itsproxy.proxy.http.auth import AuthMiddleware
+from itsproxy.proxy.http.chat import Handler
+from itsproxy.proxy.config import Config, load_config
+from itsproxy.proxy.errors import ApiError
+from itsproxy.proxy.runtime import Services
+
+log = logging.getLogger("itsproxy")
+CONFIG_ENV = "ITSPROXY_CONFIG"
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def models(request: Request) -> Response:
+    services: Services = request.app.state.services
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": "itsproxy"} for m in services.router.model_ids()]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return ApiError(404, f"no such endpoint: {request.method} {request.url.path}", code="not_found").response()
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return ApiError(405, f"method {request.method} is not allowed here", code="method_not_allowed").response()
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    # Never leak internals (or secrets) to the client; the log gets the type only.
+    log.error("unhandled %s on %s", type(exc).__name__, request.url.path)
+    return ApiError(500, "internal error in the proxy", code="internal_error").response()
+
+
+def create_app(config: Config) -> Starlette:
+    from itsproxy.proxy.telemetry import dashboard
+
+    services = Services(config)
+    chat = Handler(services)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        try:
+            yield
+        finally:
+            await services.aclose()
+
+    routes = [
+        Route("/v1/chat/completions", chat.handle, methods=["POST"]),
+        Route("/chat/completions", chat.handle, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", dashboard.metrics_endpoint, methods=["GET"]),
+        Route("/v1/its/stats", dashboard.stats_endpoint, methods=["GET"]),
+        Route("/dashboard", dashboard.dashboard_page, methods=["GET"]),
+        Mount("/dashboard/static", app=dashboard.static_app),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={404: not_found, 405: method_not_allowed, Exception: internal_error})
+    app.state.services = services
+    app.add_middleware(AuthMiddleware, keys=config.server.api_keys, protect_metrics=config.server.protect_metrics)
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for `uvicorn --factory` / multi-worker serving: config path from the environment."""
+    return create_app(load_config(os.environ.get(CONFIG_ENV) or None))

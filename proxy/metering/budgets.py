@@ -1,0 +1,248 @@
+"""Per API key daily budgets (tokens and USD), checked before a request and charged after.
+
+Config (`budgets:` at the top level of config.yaml):
+
+    budgets:
+      tokens_per_day: 200000        # null / absent: no token limit
+      cost_usd_per_day: 5.0         # null / absent: no cost limit
+      path: null                    # SQLite file; default <server.state_dir>/budgets.sqlite3
+      keys:                         # per-key overrides; a limit set to null lifts it for that key
+        os.environ/TEAM_KEY: {tokens_per_day: 1000000}
+
+Keys are stored as a SHA-256 prefix, never in clear. Days are UTC dates. Without
+auth (no server.api_keys) every request is charged to "anonymous": a bearer token
+that is not checked must not buy a fresh budget.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import hashlib
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from itsproxy.proxy.errors import ApiError
+from itsproxy.proxy.config_fields import ConfigError, integer, mapping, number, string
+
+ANONYMOUS = "anonymous"
+ENV_PREFIX = "os.environ/"
+LIMIT_KEYS = {"tokens_per_day", "cost_usd_per_day"}
+NANO = 1_000_000_000  # cost is stored in integer nano-USD so concurrent sums stay exact
+
+
+def key_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BudgetLimits:
+    tokens_per_day: int | None = None
+    cost_usd_per_day: float | None = None
+
+
+@dataclass
+class BudgetConfig:
+    default: BudgetLimits
+    path: str | None = None
+    overrides: dict[str, BudgetLimits] = field(default_factory=dict)  # key id -> limits
+
+
+def _limits(raw: dict[str, Any], path: str, base: BudgetLimits) -> BudgetLimits:
+    # An explicit null lifts the limit; an absent key inherits the default.
+    tokens = (integer(raw["tokens_per_day"], f"{path}.tokens_per_day", minimum=1)
+              if "tokens_per_day" in raw else base.tokens_per_day)
+    cost = (number(raw["cost_usd_per_day"], f"{path}.cost_usd_per_day", exclusive_min=True)
+            if "cost_usd_per_day" in raw else base.cost_usd_per_day)
+    return BudgetLimits(tokens, cost)
+
+
+def _resolve_key(name: Any, path: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ConfigError(path, "must be a non-empty API key or os.environ/NAME")
+    if name.startswith(ENV_PREFIX):
+        env = name[len(ENV_PREFIX):]
+        if not os.environ.get(env):
+            raise ConfigError(path, f"environment variable {env} is not set")
+        return os.environ[env]
+    return name
+
+
+def parse_budgets(raw: Any) -> BudgetConfig | None:
+    """Validate the raw `budgets:` section (Config.extra["budgets"]); None when absent."""
+    if raw is None:
+        return None
+    raw = mapping(raw, "budgets", LIMIT_KEYS | {"path", "keys"})
+    default = _limits(raw, "budgets", BudgetLimits())
+    overrides: dict[str, BudgetLimits] = {}
+    keys = mapping(raw.get("keys"), "budgets.keys")
+    for i, (name, body) in enumerate(keys.items()):
+        # The path names the entry by position: an API key must not end up in an error message.
+        p = f"budgets.keys[{i}]" if not str(name).startswith(ENV_PREFIX) else f"budgets.keys.{name}"
+        overrides[key_id(_resolve_key(name, p))] = _limits(mapping(body, p, LIMIT_KEYS), p, default)
+    return BudgetConfig(default, string(raw.get("path"), "budgets.path", required=False), overrides)
+
+
+class BudgetStore(abc.ABC):
+    """Spend per (key id, UTC day). Small on purpose: a Redis store comes later."""
+
+    @abc.abstractmethod
+    async def spent(self, key_id: str, day: str) -> tuple[int, float]: ...
+
+    @abc.abstractmethod
+    async def add(self, key_id: str, day: str, tokens: int, cost_usd: float) -> None: ...
+
+    async def aclose(self) -> None:
+        return None
+
+
+class MemoryBudgetStore(BudgetStore):
+    """For tests and single-process demos; forgets everything on restart."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], tuple[int, int]] = {}
+
+    async def spent(self, key_id: str, day: str) -> tuple[int, float]:
+        tokens, nano = self.rows.get((key_id, day), (0, 0))
+        return tokens, nano / NANO
+
+    async def add(self, key_id: str, day: str, tokens: int, cost_usd: float) -> None:
+        t, n = self.rows.get((key_id, day), (0, 0))
+        self.rows[(key_id, day)] = (t + tokens, n + round(cost_usd * NANO))
+
+
+SCHEMA = """CREATE TABLE IF NOT EXISTS spend (
+    key_id TEXT NOT NULL, day TEXT NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0, cost_nusd INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, day))"""
+UPSERT = """INSERT INTO spend (key_id, day, tokens, cost_nusd) VALUES (?, ?, ?, ?)
+    ON CONFLICT (key_id, day) DO UPDATE SET tokens = tokens + excluded.tokens,
+    cost_nusd = cost_nusd + excluded.cost_nusd"""
+
+
+class SqliteBudgetStore(BudgetStore):
+    """One connection, guarded by a lock, used only from worker threads (never the
+    event loop). WAL + busy timeout let several worker processes share the file;
+    the upsert adds in SQL, so concurrent charges never lose an update."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if self._closed:
+                raise RuntimeError("budget store is closed")
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            return fn(self._connect())
+
+    async def spent(self, key_id: str, day: str) -> tuple[int, float]:
+        def q(conn: sqlite3.Connection) -> tuple[int, float]:
+            row = conn.execute("SELECT tokens, cost_nusd FROM spend WHERE key_id = ? AND day = ?",
+                               (key_id, day)).fetchone()
+            return (row[0], row[1] / NANO) if row else (0, 0.0)
+        return await asyncio.to_thread(self._run, q)
+
+    async def add(self, key_id: str, day: str, tokens: int, cost_usd: float) -> None:
+        args = (key_id, day, int(tokens), round(cost_usd * NANO))
+        await asyncio.to_thread(self._run, lambda conn: conn.execute(UPSERT, args))
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            with self._lock:
+                self._closed = True
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+        await asyncio.to_thread(close)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _until_midnight(now: datetime) -> int:
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), timezone.utc)
+    return max(1, int((midnight - now).total_seconds() + 0.999))  # ceil: retrying earlier is pointless
+
+
+def _duration(seconds: int) -> str:
+    h, m = divmod((seconds + 59) // 60, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m"
+
+
+class Budgets:
+    """The service: `check` before spending anything, `charge` once the request's ledger is final."""
+
+    def __init__(self, config: BudgetConfig, store: BudgetStore, *, auth_enabled: bool,
+                 now: Callable[[], datetime] = _utcnow) -> None:
+        self.config, self.store, self.auth_enabled, self.now = config, store, auth_enabled, now
+
+    def key_id(self, key: str | None) -> str:
+        return key_id(key) if (self.auth_enabled and key) else ANONYMOUS
+
+    def limits(self, key: str | None) -> BudgetLimits:
+        return self.config.overrides.get(self.key_id(key), self.config.default)
+
+    def _day(self) -> tuple[str, datetime]:
+        now = self.now().astimezone(timezone.utc)
+        return now.date().isoformat(), now
+
+    async def check(self, key: str | None) -> None:
+        """Raise 429 budget_exceeded once today's spend has reached a limit."""
+        limits = self.limits(key)
+        if limits.tokens_per_day is None and limits.cost_usd_per_day is None:
+            return
+        day, now = self._day()
+        tokens, cost = await self.store.spent(self.key_id(key), day)
+        if limits.tokens_per_day is not None and tokens >= limits.tokens_per_day:
+            raise self._exceeded("tokens_per_day", f"{tokens:,} of {limits.tokens_per_day:,} tokens",
+                                 limits.tokens_per_day, tokens, now)
+        if limits.cost_usd_per_day is not None and cost >= limits.cost_usd_per_day:
+            raise self._exceeded("cost_usd_per_day", f"${cost:.4f} of ${limits.cost_usd_per_day:.2f}",
+                                 limits.cost_usd_per_day, round(cost, 6), now)
+
+    def _exceeded(self, budget: str, used: str, limit: float, spent: float, now: datetime) -> ApiError:
+        wait = _until_midnight(now)
+        resets = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), timezone.utc)
+        kind = "token" if budget == "tokens_per_day" else "cost"
+        msg = (f"Daily {kind} budget exceeded for this API key ({budget}): {used} used today (UTC). "
+               f"It resets at 00:00 UTC, in {_duration(wait)}.")
+        return ApiError(429, msg, code="budget_exceeded", retry=False, headers={"Retry-After": str(wait)},
+                        extra={"budget": budget, "limit": limit, "spent": spent,
+                               "resets_at": resets.isoformat().replace("+00:00", "Z")})
+
+    async def charge(self, key: str | None, tokens: int, cost_usd: float | None) -> None:
+        """Add a finished request's spend. An unknown cost (None) adds 0 USD: only tokens count."""
+        if tokens <= 0 and not cost_usd:
+            return
+        day, _ = self._day()
+        await self.store.add(self.key_id(key), day, int(tokens), float(cost_usd or 0.0))
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+def build_budgets(raw: Any, state_dir: str, *, auth_enabled: bool) -> Budgets | None:
+    """From Config.extra.get("budgets"): None when no budgets are configured."""
+    config = parse_budgets(raw)
+    if config is None:
+        return None
+    path = config.path or os.path.join(state_dir, "budgets.sqlite3")
+    return Budgets(config, SqliteBudgetStore(path), auth_enabled=auth_enabled)
