@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from itsproxy.proxy.http.chat_request import FORWARD
+from itsproxy.proxy.params import FORWARD
 from itsproxy.proxy.config_fields import ConfigError, boolean, choice, integer, mapping, number, seq, string
 from itsproxy.proxy.telemetry.traces import parse_traces
 from itsproxy.strategies.pipeline import Pipeline, build_pipeline

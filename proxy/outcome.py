@@ -69,16 +69,6 @@ class Outcome:
             h["x-its-verified"] = "true" if self.selection.verified else "false"
         return h
 
-    def message(self) -> dict[str, Any]:
-        return dict(self.winner.message)
-
-    def body(self) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "message": self.message(),
-                                  "finish_reason": self.winner.sample.finish_reason or "stop",
-                                  "logprobs": self.winner.sample.logprobs}
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": [choice], "usage": self.usage(), "system_fingerprint": None, "its": self.its()}
-
 
 def evidence(c: Candidate) -> dict[str, Any]:
     out: dict[str, Any] = {"index": c.index, "round": c.round, "model": c.model, "answer": c.answer,
@@ -99,26 +89,19 @@ def evidence(c: Candidate) -> dict[str, Any]:
     return out
 
 
-def new_id() -> tuple[str, int]:
-    return f"chatcmpl-its-{secrets.token_hex(12)}", int(time.time())
+def passthrough_its(route: Route, ledger: Ledger, candidates: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"route": route.name, "strategy": "passthrough"}
+    if candidates is not None:
+        out["candidates"] = candidates
+    out["usage"] = ledger.usage_breakdown(ledger.total())
+    return out
 
 
-def chunk(id: str, created: int, model: str, delta: dict[str, Any] | None, finish: str | None = None,
-          **extra: Any) -> dict[str, Any]:
-    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-    return {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": choices, **extra}
+def passthrough_headers(route: Route, ledger: Ledger, candidates: int) -> dict[str, str]:
+    cost = ledger.cost_usd()
+    return {"x-its-route": route.name, "x-its-candidates": str(candidates), "x-its-extra-tokens": "0",
+            "x-its-cost-usd": "unknown" if cost is None else f"{cost:.8f}"}
 
 
-def message_deltas(message: dict[str, Any], size: int = 48) -> list[dict[str, Any]]:
-    """The selected message as stream deltas: content in pieces, tool calls whole."""
-    deltas: list[dict[str, Any]] = []
-    content = message.get("content")
-    if isinstance(content, str):
-        deltas += [{"content": content[i:i + size]} for i in range(0, len(content), size)]
-    for i, call in enumerate(message.get("tool_calls") or []):
-        deltas.append({"tool_calls": [{"index": i, "id": call.get("id"), "type": call.get("type", "function"),
-                                       "function": call.get("function")}]})
-    if message.get("refusal"):
-        deltas.append({"refusal": message["refusal"]})
-    return deltas
+def new_id(prefix: str = "chatcmpl") -> tuple[str, int]:
+    return f"{prefix}-its-{secrets.token_hex(12)}", int(time.time())

@@ -1,52 +1,48 @@
-"""What a running proxy holds: config, router, upstream, and the metering hooks."""
+"""What a running proxy holds (config, router, upstream, stores, observers), and the
+`Exchange`: one request's bookkeeping, settled exactly once."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from itsproxy.proxy.metering.budgets import build_budgets
 from itsproxy.proxy.config import Config, Route
+from itsproxy.proxy.errors import ApiError
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
+from itsproxy.proxy.outcome import Outcome
 from itsproxy.proxy.routing import Router
+from itsproxy.proxy.storage.search_store import SearchStores
+from itsproxy.proxy.telemetry import metrics
 from itsproxy.proxy.telemetry.traces import build_trace_hook
 from itsproxy.proxy.upstream.sampler import Upstream
 
-if TYPE_CHECKING:
-    from itsproxy.proxy.outcome import Outcome
+UNROUTED = "(unrouted)"  # the route label of requests refused before routing
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
 
 
 class Services:
     def __init__(self, config: Config) -> None:
-        from itsproxy.proxy.telemetry import metrics
-        from itsproxy.proxy.http.sse import Streams
-
         self.config = config
         self.router = Router(config)
         self.upstream = Upstream(config)
         self.secrets = config.secrets
-        self.streams = Streams(self)
-        self._metrics = metrics
+        self._metrics = metrics  # the module: observe(), INFLIGHT
         self.hooks: list[Any] = []  # extra observers of finished requests
         self.trace_hook = build_trace_hook(config)
         if self.trace_hook is not None:
             self.hooks.append(self.trace_hook)
-        from itsproxy.proxy.storage.search_store import SearchStores
-
         self.search_stores = SearchStores.from_config(config)  # augment_search state, opened lazily
         self.budgets = build_budgets(config.extra.get("budgets"), config.server.state_dir,
                                      auth_enabled=bool(config.server.api_keys))
 
-    def inflight(self) -> contextlib.AbstractContextManager:
-        return self._metrics.inflight()
-
-    def report(self, route: Route, status: int, started: float, ledger: Ledger,
-               outcome: "Outcome | None" = None, error: Any = None) -> RequestReport:
-        report = RequestReport(route=route.name, status=status, duration_s=time.monotonic() - started,
-                               calls=list(ledger.calls), passthrough=route.passthrough)
+    def report(self, ex: "Exchange") -> RequestReport:
+        route, ledger, outcome = ex.route, ex.ledger, ex.outcome
+        report = RequestReport(route=route.name if route else UNROUTED, status=ex.status,
+                               duration_s=time.monotonic() - ex.started, calls=list(ledger.calls),
+                               passthrough=bool(route and route.passthrough))
         total = ledger.total()
         if outcome is not None:
             sel = outcome.selection
@@ -58,21 +54,23 @@ class Services:
             stop = sel.info.get("stop") or {}
             report.candidates_saved = int(stop.get("saved", 0) or 0)
             report.tokens_saved_estimate = int(stop.get("tokens_saved_estimate", 0) or 0)
-        elif route.passthrough:
+        elif report.passthrough:
             report.selected = total
             report.candidates = sum(c.choices for c in ledger.calls)
-        elif error is not None and getattr(error, "code", None) == "unverified":
+        elif ex.error is not None and ex.error.code == "unverified":
             report.verified = False
         report.extra_tokens = total.total_tokens - report.selected.total_tokens
         return report
 
-    def observe(self, report: RequestReport, outcome: "Outcome | None" = None) -> None:
+    def observe(self, report: RequestReport, outcome: Outcome | None = None) -> None:
         self._metrics.observe(report)
         for hook in self.hooks:
             hook(report, outcome)
 
     def exchange(self, key: str | None) -> "Exchange":
-        return Exchange(self, key, time.monotonic(), Ledger())
+        ex = Exchange(self, key, time.monotonic(), Ledger())
+        self._metrics.INFLIGHT.inc()  # until settled
+        return ex
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -89,13 +87,21 @@ class Services:
 
 @dataclass
 class Exchange:
-    """One request's bookkeeping, settled exactly once whatever way it ends."""
+    """One request's bookkeeping, settled exactly once however it ends.
+
+    Whoever learns how the request ended sets `status` (and `outcome` or
+    `error`); `settle()` then meters, counts, traces and charges it. It is
+    idempotent, and the budget charge is shielded from cancellation.
+    """
 
     services: Services
     key: str | None  # the client's API key (for budgets)
     started: float
     ledger: Ledger
     route: Route | None = None
+    status: int = 200
+    outcome: Outcome | None = None
+    error: ApiError | None = None
     settled: bool = False
 
     async def admit(self, route: Route) -> None:
@@ -103,13 +109,20 @@ class Exchange:
         if self.services.budgets is not None:
             await self.services.budgets.check(self.key)
 
-    async def finish(self, status: int, outcome: "Outcome | None" = None, error: Any = None) -> None:
-        if self.settled or self.route is None:
+    def fail(self, error: ApiError) -> None:
+        self.status, self.error = error.status, error
+
+    def client_left(self) -> None:
+        self.status = CLIENT_CLOSED
+
+    async def settle(self) -> None:
+        if self.settled:
             return
         self.settled = True
         s = self.services
-        s.observe(s.report(self.route, status, self.started, self.ledger, outcome, error), outcome)
-        if s.budgets is not None:
+        s._metrics.INFLIGHT.dec()
+        s.observe(s.report(self), self.outcome)
+        if s.budgets is not None and self.route is not None:
             spent = self.ledger.total().total_tokens
             cost = sum(c.cost_usd or 0.0 for c in self.ledger.calls)  # priced calls count even if others are not
             # Shielded: a client leaving must not cancel the charge for what was spent.

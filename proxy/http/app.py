@@ -12,10 +12,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from itsproxy.proxy.http.auth import AuthMiddleware
-from itsproxy.proxy.http.chat import Handler
+from itsproxy.proxy.http.chat import ChatSurface
 from itsproxy.proxy.config import Config, load_config
 from itsproxy.proxy.errors import ApiError
 from itsproxy.proxy.runtime import Services
+from itsproxy.proxy.scaling import Scaling
+from itsproxy.proxy.telemetry import dashboard
 
 log = logging.getLogger("itsproxy")
 CONFIG_ENV = "ITSPROXY_CONFIG"
@@ -46,10 +48,12 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(config: Config) -> Starlette:
-    from itsproxy.proxy.telemetry import dashboard
-
     services = Services(config)
-    chat = Handler(services)
+    scaling = Scaling(services)
+    chat_surface = ChatSurface()
+
+    async def chat(request: Request) -> Response:
+        return await scaling.handle(request, chat_surface)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -59,8 +63,8 @@ def create_app(config: Config) -> Starlette:
             await services.aclose()
 
     routes = [
-        Route("/v1/chat/completions", chat.handle, methods=["POST"]),
-        Route("/chat/completions", chat.handle, methods=["POST"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/chat/completions", chat, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),

@@ -1,168 +1,126 @@
-"""POST /v1/chat/completions: parse, route, then pass through or scale."""
+"""POST /v1/chat/completions: Chat Completions in and out; `proxy.scaling` does the rest."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from itsproxy.proxy.http.auth import client_key
-from itsproxy.proxy.upstream.backends.base import UpstreamBusy, UpstreamError
-from itsproxy.proxy.config import Route
-from itsproxy.proxy.errors import ApiError, redact
-from itsproxy.proxy.metering.ledger import Ledger
-from itsproxy.proxy.http.chat_request import ChatRequest, check_its_n, parse_request
+from itsproxy.proxy.errors import ApiError
+from itsproxy.proxy.http.chat_request import parse_request
+from itsproxy.proxy.http.sse import DONE, sse
 from itsproxy.proxy.outcome import Outcome, new_id
-from itsproxy.proxy.runtime import Services
-from itsproxy.strategies.pipeline import NotEnoughCandidates, RunContext, Unverified
-
-log = logging.getLogger("itsproxy")
+from itsproxy.proxy.scaling import Call
 
 
-class ClientGone(Exception):
-    """The client disconnected; its upstream work was cancelled."""
+def chunk(id: str, created: int, model: str, delta: dict[str, Any] | None, finish: str | None = None,
+          **extra: Any) -> dict[str, Any]:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+    return {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": choices, **extra}
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise ApiError(413, f"request body is larger than the {limit} byte limit", code="body_too_large")
-    chunks, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, f"request body is larger than the {limit} byte limit", code="body_too_large")
-        chunks.append(part)
-    try:
-        return json.loads(b"".join(chunks), parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+def message_deltas(message: dict[str, Any], size: int = 48) -> list[dict[str, Any]]:
+    """The selected message as stream deltas: content in pieces, tool calls whole."""
+    deltas: list[dict[str, Any]] = []
+    content = message.get("content")
+    if isinstance(content, str):
+        deltas += [{"content": content[i:i + size]} for i in range(0, len(content), size)]
+    for i, call in enumerate(message.get("tool_calls") or []):
+        deltas.append({"tool_calls": [{"index": i, "id": call.get("id"), "type": call.get("type", "function"),
+                                       "function": call.get("function")}]})
+    if message.get("refusal"):
+        deltas.append({"refusal": message["refusal"]})
+    return deltas
 
 
-def _reject_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON; accepting them would poison what we forward and render.
-    raise ValueError(f"{name} is not valid JSON")
+class ChatSurface:
+    def parse(self, body: Any) -> Call:
+        return parse_request(body)
+
+    def upstream_body(self, call: Call) -> dict[str, Any]:
+        body = {**call.params, "messages": call.messages}
+        if call.n is not None:
+            body["n"] = call.n
+        return body
+
+    def render(self, outcome: Outcome) -> dict[str, Any]:
+        winner = outcome.winner
+        choice = {"index": 0, "message": dict(winner.message), "finish_reason": winner.sample.finish_reason or "stop",
+                  "logprobs": winner.sample.logprobs}
+        return {"id": outcome.id, "object": "chat.completion", "created": outcome.created, "model": outcome.model,
+                "choices": [choice], "usage": outcome.usage(), "system_fingerprint": None, "its": outcome.its()}
+
+    def render_passthrough(self, resp: dict[str, Any], its: dict[str, Any], usage: dict[str, int]) -> dict[str, Any]:
+        return {**resp, "usage": {**(resp.get("usage") or {}), **usage}, "its": its}
+
+    def scaling_stream(self, call: Call) -> "ChatScalingStream":
+        return ChatScalingStream(call)
+
+    def relay(self, call: Call) -> "ChatRelay":
+        return ChatRelay(call.include_usage)
 
 
-def upstream_failure(errors: list[BaseException], secrets: list[str], *, passthrough: bool) -> ApiError:
-    """Map what went wrong upstream to one client error."""
-    ups = [e for e in errors if isinstance(e, UpstreamError)]
-    rejected = next((e for e in ups if e.rejected and not e.about_n), None)
-    if rejected is not None:  # the upstream refused the request itself: its status and message
-        return ApiError(rejected.status or 400, redact(rejected.message, secrets), param=rejected.param,
-                        code=rejected.code if isinstance(rejected.code, str) else "upstream_rejected")
-    if ups and all(isinstance(e, UpstreamBusy) for e in ups):
-        return ApiError(503, ups[0].message, code="proxy_busy", retry=True)
-    if any(e.status == 429 for e in ups):
-        return ApiError(429, "the upstream is rate limiting", code="upstream_rate_limited", retry=passthrough)
-    detail = redact(ups[-1].message, secrets) if ups else "no candidate could be drawn"
-    return ApiError(502, f"upstream failed: {detail}", code="upstream_error", retry=passthrough)
+class ChatScalingStream:
+    """A scaling route's stream: the role chunk at once, then the selected answer."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.id, self.created = new_id()
+
+    def opening(self) -> list[bytes]:
+        return [sse(chunk(self.id, self.created, self.call.model, {"role": "assistant", "content": ""}))]
+
+    def answer(self, outcome: Outcome) -> list[bytes]:
+        rid, created, model = self.id, self.created, self.call.model
+        sample = outcome.winner.sample
+        deltas = message_deltas(dict(outcome.winner.message))
+        parts = [sse(chunk(rid, created, model, d)) for d in deltas]
+        if sample.logprobs and parts:  # the winner's logprobs ride on its first content chunk
+            first = chunk(rid, created, model, deltas[0])
+            first["choices"][0]["logprobs"] = sample.logprobs
+            parts[0] = sse(first)
+        final = chunk(rid, created, model, {}, sample.finish_reason or "stop")
+        if self.call.include_usage:
+            parts.append(sse(final))
+            final = chunk(rid, created, model, None, usage=outcome.usage())
+        final["its"] = outcome.its()
+        return [*parts, sse(final), DONE]
+
+    def error(self, err: ApiError) -> list[bytes]:
+        return [sse(err.body())]
 
 
-async def wait_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+class ChatRelay:
+    """A passthrough stream, relayed live. The upstream is always asked for usage (to meter);
+    the client gets a usage chunk only if it asked, made from the ledger, so it is there
+    (flagged estimated in `its`) even when the upstream sent none. `its` rides on the last chunk."""
 
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.held: dict[str, Any] | None = None
+        self.head: dict[str, Any] = {}
 
-async def guarded(request: Request, coro, timeout: float):
-    """Run `coro` under the request deadline; cancel it if the client goes away."""
-    task = asyncio.ensure_future(coro)
-    watcher = asyncio.ensure_future(wait_disconnect(request))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    if watcher in done:
-        raise ClientGone()
-    raise ApiError(504, f"the request did not finish within its {timeout:g}s deadline", code="deadline_exceeded")
+    def feed(self, c: dict[str, Any]) -> list[bytes]:
+        if not self.head:
+            self.head = {k: c.get(k) for k in ("id", "object", "created", "model", "system_fingerprint")}
+        c.pop("usage", None)
+        if not c.get("choices"):
+            return []  # the usage chunk asked for on our own behalf: the ledger has read it
+        out = [sse(self.held)] if self.held is not None else []
+        self.held = c
+        return out
 
+    def end(self, its: dict[str, Any], usage: dict[str, int]) -> list[bytes]:
+        out = []
+        if self.include_usage:
+            if self.held is not None:
+                out.append(sse(self.held))
+            self.held = {**self.head, "choices": [], "usage": usage}
+        if self.held is not None:
+            self.held["its"] = its
+            out.append(sse(self.held))
+        return [*out, DONE]
 
-class Handler:
-    def __init__(self, services: Services) -> None:
-        self.s = services
-
-    async def handle(self, request: Request) -> Response:
-        ex = self.s.exchange(client_key(request.headers))
-        status, outcome, error, streaming = 200, None, None, False
-        with self.s.inflight():
-            try:
-                body = await read_json(request, self.s.config.server.max_body_bytes)
-                req = parse_request(body)
-                await ex.admit(self.s.router.resolve(req.model))
-                route = ex.route
-                if req.stream:
-                    response = await self.s.streams.open(request, req, ex)
-                    streaming = True  # from here the stream settles the exchange itself
-                    return response
-                if route.passthrough:
-                    return await guarded(request, self.passthrough(req, route, ex.ledger), route.limits.timeout_s)
-                outcome = await guarded(request, self.scale(req, route, ex.ledger), route.limits.timeout_s)
-                return JSONResponse(outcome.body(), headers=outcome.headers())
-            except ApiError as err:
-                status, error = err.status, err
-                return err.response({"x-its-route": ex.route.name} if ex.route else None)
-            except ClientGone:
-                status = 499
-                return Response(status_code=499)
-            finally:
-                if not streaming:
-                    await ex.finish(status, outcome, error)
-
-    async def passthrough(self, req: ChatRequest, route: Route, ledger: Ledger) -> JSONResponse:
-        sampler = self.s.upstream.bind(ledger)
-        entry = sampler.entry(route.target)
-        try:
-            resp, record = await sampler.call(entry, req.upstream_body(), "generate")
-        except UpstreamError as exc:
-            raise upstream_failure([exc], self.s.secrets, passthrough=True) from None
-        usage = ledger.total().as_dict()
-        resp["usage"] = {**(resp.get("usage") or {}), **usage}
-        resp["its"] = {"route": route.name, "strategy": "passthrough", "candidates": len(resp.get("choices") or []),
-                       "usage": ledger.usage_breakdown(ledger.total())}
-        headers = {"x-its-route": route.name, "x-its-candidates": str(record.choices), "x-its-extra-tokens": "0"}
-        cost = ledger.cost_usd()
-        headers["x-its-cost-usd"] = "unknown" if cost is None else f"{cost:.8f}"
-        return JSONResponse(resp, headers=headers)
-
-    async def scale(self, req: ChatRequest, route: Route, ledger: Ledger) -> Outcome:
-        return await run_scaling(self.s, req, route, ledger)
-
-
-def scaling_context(services: Services, req: ChatRequest, route: Route, ledger: Ledger) -> RunContext:
-    pipeline = route.pipeline
-    assert pipeline is not None
-    n = check_its_n(req, route.limits.max_n, pipeline.generate.n)
-    params = dict(req.params)
-    seed = params.pop("seed", None)
-    # The route's temperature wins over the client's; without one, the client's stands.
-    if pipeline.generate.temperature is not None or any(m.temperature is not None for m in pipeline.generate.pool):
-        params.pop("temperature", None)
-    return RunContext(messages=req.messages, params=params, sampler=services.upstream.bind(ledger), n=n,
-                      route=route.name, seed=seed, services=services, ledger=ledger,
-                      max_extra_tokens=route.limits.max_extra_tokens, max_cost_usd=route.limits.max_cost_usd)
-
-
-async def run_scaling(services: Services, req: ChatRequest, route: Route, ledger: Ledger) -> Outcome:
-    ctx = scaling_context(services, req, route, ledger)
-    try:
-        selection = await route.pipeline.run(ctx)
-    except NotEnoughCandidates as exc:
-        raise upstream_failure(exc.errors, services.secrets, passthrough=False) from None
-    except UpstreamError as exc:
-        raise upstream_failure([exc], services.secrets, passthrough=False) from None
-    except Unverified as exc:
-        raise ApiError(422, "no candidate passed verification", code="unverified",
-                       extra={"critiques": exc.critiques[:20], "candidates": len(exc.selection.candidates)},
-                       headers={"x-its-verified": "false"}) from None
-    rid, created = new_id()
-    return Outcome(route, req.model, selection, ledger, rid, created, req.messages, req.params)
+    def error(self, err: ApiError) -> list[bytes]:
+        out = [sse(self.held)] if self.held is not None else []
+        self.held = None
+        return [*out, sse(err.body())]

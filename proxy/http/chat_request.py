@@ -4,47 +4,14 @@ proxy calls upstream (and so where its keys go)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from itsproxy.proxy.errors import ApiError, bad_request
+from itsproxy.proxy.errors import bad_request
+from itsproxy.proxy.params import FORBIDDEN, FORWARD, OWN
+from itsproxy.proxy.scaling import Call
 
-# Forwarded upstream as given (after type checks below).
-FORWARD = frozenset({
-    "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "max_tokens", "max_completion_tokens",
-    "presence_penalty", "response_format", "seed", "stop", "temperature", "top_p", "tools", "tool_choice",
-    "parallel_tool_calls", "user", "reasoning_effort", "functions", "function_call", "modalities",
-    "prediction", "audio", "service_tier", "verbosity", "web_search_options", "metadata", "store",
-})
-# Read by the proxy itself.
-OWN = frozenset({"model", "messages", "stream", "stream_options", "n", "its"})
-# Keys that would change where or how the proxy calls upstream: named in the error on purpose.
-FORBIDDEN = frozenset({
-    "api_base", "base_url", "api_key", "api_version", "extra_headers", "headers", "custom_llm_provider",
-    "mock_response", "organization", "deployment_id", "timeout", "num_retries", "max_retries",
-    "litellm_params", "model_list", "aws_access_key_id", "aws_secret_access_key", "vertex_credentials",
-    "azure_ad_token", "input_cost_per_token", "output_cost_per_token", "proxy", "extra_body", "extra_query",
-})
 ITS_KEYS = frozenset({"n"})
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-
-
-@dataclass
-class ChatRequest:
-    model: str
-    messages: list[dict[str, Any]]
-    stream: bool = False
-    include_usage: bool = False
-    n: int | None = None  # the client's own n (passthrough forwards it)
-    its: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)  # allow-listed, forwarded
-
-    def upstream_body(self) -> dict[str, Any]:
-        body = dict(self.params)
-        body["messages"] = self.messages
-        if self.n is not None:
-            body["n"] = self.n
-        return body
 
 
 def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
@@ -71,7 +38,7 @@ def _messages(value: Any) -> list[dict[str, Any]]:
     return value
 
 
-def parse_request(body: Any) -> ChatRequest:
+def parse_request(body: Any) -> Call:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     for key in body:
@@ -111,13 +78,5 @@ def parse_request(body: Any) -> ChatRequest:
     if "n" in its:
         _int(its, "n", 1)
     params = {k: v for k, v in body.items() if k in FORWARD and v is not None}
-    return ChatRequest(model=model, messages=messages, stream=stream,
-                       include_usage=bool(opts.get("include_usage")), n=body.get("n"), its=its, params=params)
-
-
-def check_its_n(req: ChatRequest, max_n: int, default_n: int) -> int:
-    n = req.its.get("n", default_n)
-    if n > max_n:
-        raise ApiError(400, f"its.n={n} is above this route's limit of {max_n}", param="its.n",
-                       code="n_above_limit")
-    return n
+    return Call(model=model, messages=messages, stream=stream, include_usage=bool(opts.get("include_usage")),
+                n=body.get("n"), its=its, params=params)

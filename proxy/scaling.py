@@ -1,0 +1,313 @@
+"""The one entry for every surface, stream or not.
+
+A surface (chat, completions, responses …) only translates: its wire format
+into one `Call`, and one outcome back into JSON or SSE. Everything else
+happens here, once: route, admit, run under one deadline and one disconnect
+watcher, and settle the request's `Exchange` exactly once, however it ends
+(success, error, deadline, client gone before or after the first byte).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from itsproxy.proxy.config import Route
+from itsproxy.proxy.errors import ApiError, redact
+from itsproxy.proxy.http.auth import client_key
+from itsproxy.proxy.http.sse import KEEPALIVE, EventStream, client_gone
+from itsproxy.proxy.metering.ledger import Ledger
+from itsproxy.proxy.outcome import Outcome, new_id, passthrough_headers, passthrough_its
+from itsproxy.proxy.runtime import Exchange, Services
+from itsproxy.proxy.upstream.backends.base import UpstreamBusy, UpstreamError
+from itsproxy.strategies.pipeline import NotEnoughCandidates, RunContext, Unverified
+
+T = TypeVar("T")
+STREAM_GRACE_S = 2.0
+
+
+@dataclass
+class Call:
+    """One client request, as every surface hands it over."""
+
+    model: str
+    messages: list[dict[str, Any]]  # the conversation the strategies see
+    params: dict[str, Any] = field(default_factory=dict)  # client parameters forwarded upstream
+    stream: bool = False
+    include_usage: bool = False
+    n: int | None = None  # the client's own n
+    its: dict[str, Any] = field(default_factory=dict)  # per-request route adjustments (extra_body its)
+
+
+class ScalingStream(Protocol):
+    """How a surface streams a scaling route's outcome."""
+
+    def opening(self) -> list[bytes]: ...
+    def answer(self, outcome: Outcome) -> list[bytes]: ...
+    def error(self, err: ApiError) -> list[bytes]: ...
+
+
+class Relay(Protocol):
+    """How a surface relays a passthrough route's upstream stream."""
+
+    def feed(self, chunk: dict[str, Any]) -> list[bytes]: ...
+    def end(self, its: dict[str, Any], usage: dict[str, int]) -> list[bytes]: ...
+    def error(self, err: ApiError) -> list[bytes]: ...
+
+
+class Surface(Protocol):
+    def parse(self, body: Any) -> Call: ...
+    def upstream_body(self, call: Call) -> dict[str, Any]: ...
+    def render(self, outcome: Outcome) -> dict[str, Any]: ...
+    def render_passthrough(self, resp: dict[str, Any], its: dict[str, Any], usage: dict[str, int]) -> dict[str, Any]: ...
+    def scaling_stream(self, call: Call) -> ScalingStream: ...
+    def relay(self, call: Call) -> Relay: ...
+
+
+class ClientGone(Exception):
+    """The client disconnected; its upstream work was cancelled."""
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise ApiError(413, f"request body is larger than the {limit} byte limit", code="body_too_large")
+    chunks, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, f"request body is larger than the {limit} byte limit", code="body_too_large")
+        chunks.append(part)
+    try:
+        return json.loads(b"".join(chunks), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; accepting them would poison what we forward and render.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def upstream_failure(errors: list[BaseException], secrets: list[str], *, passthrough: bool) -> ApiError:
+    """Map what went wrong upstream to one client error."""
+    ups = [e for e in errors if isinstance(e, UpstreamError)]
+    rejected = next((e for e in ups if e.rejected and not e.about_n), None)
+    if rejected is not None:  # the upstream refused the request itself: its status and message
+        return ApiError(rejected.status or 400, redact(rejected.message, secrets), param=rejected.param,
+                        code=rejected.code if isinstance(rejected.code, str) else "upstream_rejected")
+    if ups and all(isinstance(e, UpstreamBusy) for e in ups):
+        return ApiError(503, ups[0].message, code="proxy_busy", retry=True)
+    if any(e.status == 429 for e in ups):
+        return ApiError(429, "the upstream is rate limiting", code="upstream_rate_limited", retry=passthrough)
+    detail = redact(ups[-1].message, secrets) if ups else "no candidate could be drawn"
+    return ApiError(502, f"upstream failed: {detail}", code="upstream_error", retry=passthrough)
+
+
+def deadline_error(route: Route) -> ApiError:
+    return ApiError(504, f"the request did not finish within its {route.limits.timeout_s:g}s deadline",
+                    code="deadline_exceeded")
+
+
+async def guarded(request: Request, work: Awaitable[T], deadline: float, route: Route) -> T:
+    """Await `work` until the deadline; cancel it (and wait for it) if the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(client_gone(request.receive))
+    loop = asyncio.get_running_loop()
+    try:
+        done, _ = await asyncio.wait({task, watcher}, timeout=max(0.0, deadline - loop.time()),
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    if task in done:
+        return task.result()
+    if watcher in done:
+        raise ClientGone()
+    raise deadline_error(route)
+
+
+class Scaling:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def handle(self, request: Request, surface: Surface) -> Response:
+        ex = self.s.exchange(client_key(request.headers))
+        handed_over = False  # a stream response settles the exchange itself, when it ends
+        try:
+            call = surface.parse(await read_json(request, self.s.config.server.max_body_bytes))
+            route = self.s.router.resolve(call.model)
+            await ex.admit(route)
+            deadline = asyncio.get_running_loop().time() + route.limits.timeout_s
+            if call.stream:
+                response = await self._stream(request, surface, call, ex, deadline)
+                handed_over = True
+                return response
+            if route.passthrough:
+                return await guarded(request, self._forward(surface, call, ex), deadline, route)
+            ex.outcome = await guarded(request, self._run(call, ex, deadline), deadline, route)
+            return JSONResponse(surface.render(ex.outcome), headers=ex.outcome.headers())
+        except ApiError as err:
+            ex.fail(err)
+            return err.response({"x-its-route": ex.route.name} if ex.route else None)
+        except ClientGone:
+            ex.client_left()
+            return Response(status_code=ex.status)
+        finally:
+            if not handed_over:
+                await ex.settle()
+
+    async def _forward(self, surface: Surface, call: Call, ex: Exchange) -> JSONResponse:
+        route, ledger = self._route(ex), ex.ledger
+        sampler = self.s.upstream.bind(ledger)
+        try:
+            resp, record = await sampler.call(sampler.entry(route.target), surface.upstream_body(call), "generate")
+        except UpstreamError as exc:
+            raise upstream_failure([exc], self.s.secrets, passthrough=True) from None
+        its = passthrough_its(route, ledger, record.choices)
+        body = surface.render_passthrough(resp, its, ledger.total().as_dict())
+        return JSONResponse(body, headers=passthrough_headers(route, ledger, record.choices))
+
+    def _route(self, ex: Exchange) -> Route:
+        assert ex.route is not None, "admitted before use"
+        return ex.route
+
+    # -- scaling routes ---------------------------------------------------------------------------
+
+    def _context(self, call: Call, route: Route, ledger: Ledger) -> RunContext:
+        pipeline = route.pipeline
+        assert pipeline is not None
+        n = call.its.get("n", pipeline.generate.n)
+        if n > route.limits.max_n:
+            raise ApiError(400, f"its.n={n} is above this route's limit of {route.limits.max_n}", param="its.n",
+                           code="n_above_limit")
+        params = dict(call.params)
+        seed = params.pop("seed", None)
+        # The route's temperature wins over the client's; without one, the client's stands.
+        if pipeline.generate.temperature is not None or any(m.temperature is not None for m in pipeline.generate.pool):
+            params.pop("temperature", None)
+        return RunContext(messages=call.messages, params=params, sampler=self.s.upstream.bind(ledger), n=n,
+                          route=route.name, seed=seed, services=self.s, ledger=ledger,
+                          max_extra_tokens=route.limits.max_extra_tokens, max_cost_usd=route.limits.max_cost_usd)
+
+    async def _run(self, call: Call, ex: Exchange, deadline: float) -> Outcome:
+        route = self._route(ex)
+        ctx = self._context(call, route, ex.ledger)
+        assert route.pipeline is not None
+        try:
+            async with asyncio.timeout_at(deadline):
+                selection = await route.pipeline.run(ctx)
+        except TimeoutError:
+            raise deadline_error(route) from None
+        except NotEnoughCandidates as exc:
+            raise upstream_failure(exc.errors, self.s.secrets, passthrough=False) from None
+        except UpstreamError as exc:
+            raise upstream_failure([exc], self.s.secrets, passthrough=False) from None
+        except Unverified as exc:
+            raise ApiError(422, "no candidate passed verification", code="unverified",
+                           extra={"critiques": exc.critiques[:20], "candidates": len(exc.selection.candidates)},
+                           headers={"x-its-verified": "false"}) from None
+        rid, created = new_id()
+        return Outcome(route, call.model, selection, ex.ledger, rid, created, call.messages, call.params)
+
+    # -- streams ----------------------------------------------------------------------------------
+
+    async def _stream(self, request: Request, surface: Surface, call: Call, ex: Exchange,
+                      deadline: float) -> EventStream:
+        route = self._route(ex)
+        if route.passthrough:
+            events = await self._open_relay(request, surface, call, ex, deadline)
+        else:
+            self._context(call, route, ex.ledger)  # a bad its.n is a 400 before the stream opens
+            events = self._scaling_events(surface.scaling_stream(call), call, ex, deadline)
+
+        async def on_close(ending: str) -> None:
+            if ending == "client_left":
+                ex.client_left()
+            elif ending == "deadline" and ex.status < 400:
+                ex.fail(deadline_error(route))
+            elif ending == "error":
+                ex.fail(ApiError(500, "internal error in the proxy", code="internal_error"))
+            await ex.settle()
+
+        # The producer enforces the deadline itself; the stream's own backstop (a client that stops
+        # reading) allows a little more, so the producer's error event gets out first.
+        return EventStream(events, on_close, deadline + STREAM_GRACE_S, headers={"x-its-route": route.name})
+
+    async def _scaling_events(self, render: ScalingStream, call: Call, ex: Exchange,
+                              deadline: float) -> AsyncGenerator[bytes, None]:
+        for part in render.opening():
+            yield part
+        task = asyncio.ensure_future(self._run(call, ex, deadline))
+        try:
+            while not task.done():
+                done, _ = await asyncio.wait({task}, timeout=self.s.config.server.keepalive_s)
+                if not done:
+                    yield KEEPALIVE
+            ex.outcome = task.result()
+            for part in render.answer(ex.outcome):
+                yield part
+        except ApiError as err:
+            ex.fail(err)
+            for part in render.error(err):
+                yield part
+        finally:
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _open_relay(self, request: Request, surface: Surface, call: Call, ex: Exchange,
+                          deadline: float) -> AsyncGenerator[bytes, None]:
+        """Start the upstream stream and wait for its first chunk (so an upstream that refuses gets its
+        own status), watching the client and the deadline from the first moment."""
+        route = self._route(ex)
+        body = {**surface.upstream_body(call), "stream_options": {"include_usage": True}}  # always meter
+        chunks = self.s.upstream.bind(ex.ledger).stream(route.target, body)
+        try:
+            first = await guarded(request, _first(chunks), deadline, route)
+        except UpstreamError as exc:
+            await chunks.aclose()
+            raise upstream_failure([exc], self.s.secrets, passthrough=True) from None
+        except BaseException:
+            await chunks.aclose()
+            raise
+        return self._relay_events(surface.relay(call), first, chunks, ex, deadline)
+
+    async def _relay_events(self, relay: Relay, first: dict[str, Any] | None, chunks: AsyncGenerator[dict, None],
+                            ex: Exchange, deadline: float) -> AsyncGenerator[bytes, None]:
+        route = self._route(ex)
+        try:
+            chunk = first
+            while chunk is not None:
+                for part in relay.feed(chunk):
+                    yield part
+                async with asyncio.timeout_at(deadline):  # around the upstream's wait only, never a yield
+                    chunk = await _first(chunks)
+            for part in relay.end(passthrough_its(route, ex.ledger), ex.ledger.total().as_dict()):
+                yield part
+        except UpstreamError as exc:
+            err = upstream_failure([exc], self.s.secrets, passthrough=True)
+            ex.fail(err if err.status >= 500 else ApiError(502, err.message, code=err.code))
+            for part in relay.error(err):
+                yield part
+        except TimeoutError:
+            ex.fail(deadline_error(route))
+            for part in relay.error(deadline_error(route)):
+                yield part
+        finally:
+            await chunks.aclose()
+
+
+async def _first(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None:
+    try:
+        return await chunks.__anext__()
+    except StopAsyncIteration:
+        return None
