@@ -154,6 +154,14 @@ def _program(argv0: str, path: str) -> str:
     return found
 
 
+async def _exit_code(proc: asyncio.subprocess.Process) -> int:
+    """The main process's exit status. Not `proc.wait()`: asyncio's waits for the pipes to close
+    too, and a child that escaped with them (unsandboxed) would turn a pass into a timeout."""
+    while proc.returncode is None:
+        await asyncio.sleep(0.02)
+    return proc.returncode
+
+
 async def _stop(tasks: list[asyncio.Task]) -> None:
     for task in tasks:
         task.cancel()
@@ -249,7 +257,7 @@ class CommandChecker:
         readers = [asyncio.ensure_future(output.read_out(proc.stdout)),
                    asyncio.ensure_future(output.read_err(proc.stderr))]
         helpers = [asyncio.ensure_future(_feed(proc.stdin, data)), asyncio.ensure_future(output.flooded.wait())]
-        exited = asyncio.ensure_future(proc.wait())
+        exited = asyncio.ensure_future(_exit_code(proc))
         try:
             await asyncio.wait([exited, helpers[1]], timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED)
             if output.flooded.is_set():
@@ -261,12 +269,12 @@ class CommandChecker:
             return self._verdict(exited.result(), output)
         finally:
             _killpg(proc)  # sandboxed: bwrap and, with it, the whole PID namespace
-            await _stop(readers + helpers)
-            if not exited.done():
-                try:
-                    await asyncio.wait_for(exited, 5)
-                except Exception:
-                    pass
+            await asyncio.wait(readers, timeout=5)  # drained to EOF, so the transport can finish
+            await _stop(readers + helpers + [exited])
+            try:
+                await asyncio.wait_for(proc.wait(), 5)  # reaped, pipes closed
+            except TimeoutError:
+                pass
 
     def _verdict(self, code: int, output: _Output) -> Verdict:
         text = bytes(output.out[:CRITIQUE_CAP]).decode("utf-8", errors="replace").strip()

@@ -121,10 +121,11 @@ def filesystem(spec: SandboxSpec, extra: list[str]) -> list[str]:
     b.args += ["--perms", "0755", "--dir", "/etc"]
     for name in ETC + (NET_ETC if spec.network else ()):
         b.args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    for path in sorted(set(python_roots() + list(spec.files) + extra), key=len):
-        b.bind(path, try_=True)
+    # mounts first: a bound file under /tmp must land on top of the private tmpfs, not under it
     b.args += ["--proc", "/proc", "--dev", "/dev",
                "--perms", "1777", "--size", str(spec.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+    for path in sorted(set(python_roots() + list(spec.files) + extra), key=len):
+        b.bind(path, try_=True)
     return b.args
 
 
