@@ -15,6 +15,7 @@ import yaml
 
 from itsproxy.proxy.params import FORWARD
 from itsproxy.proxy.config_fields import ConfigError, boolean, choice, integer, mapping, number, seq, string
+from itsproxy.proxy.redact import Redactor, install, model_secrets
 from itsproxy.proxy.telemetry.traces import parse_traces
 from itsproxy.strategies.pipeline import Pipeline, build_pipeline
 from itsproxy.strategies.types import SpecError
@@ -44,7 +45,7 @@ class ModelEntry:
 
     @property
     def secrets(self) -> list[str]:
-        return [str(v) for k, v in self.params.items() if "key" in k or "token" in k or "secret" in k]
+        return model_secrets(self.params)
 
 
 @dataclass
@@ -97,11 +98,11 @@ class Config:
     simulator: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # sections later features read (traces, budgets)
     source: str = "<memory>"
+    redactor: Redactor = field(default_factory=Redactor)  # set by parse_config: knows every secret above
 
     @property
     def secrets(self) -> list[str]:
-        out = [s for m in self.models.values() for s in m.secrets]
-        return [s for s in out + self.server.api_keys if s]
+        return list(self.redactor.secrets)
 
 
 TOP_KEYS = {"model_list", "routes", "server", "simulator", "traces", "budgets", "general_settings", "litellm_settings"}
@@ -235,7 +236,7 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         routes.append(route)
     parse_traces(data.get("traces"))  # validated at load, used by the trace hook
     sim = data.get("simulator")
-    return Config(
+    config = Config(
         models=models,
         routes=routes,
         server=_server(data.get("server")),
@@ -243,6 +244,8 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         extra={k: data[k] for k in ("traces", "budgets") if k in data},
         source=source,
     )
+    config.redactor = install(config)
+    return config
 
 
 def load_config(path: str | None = None) -> Config:

@@ -6,6 +6,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from itsproxy.proxy.redact import Redactor
+
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
          404: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
          429: "rate_limit_error", 502: "upstream_error", 503: "service_unavailable", 504: "timeout_error"}
@@ -34,6 +36,12 @@ class ApiError(Exception):
         err.update(self.extra)
         return {"error": err}
 
+    def redacted(self, redactor: Redactor) -> "ApiError":
+        """A copy whose message, param, code and extra fields pass through the redactor."""
+        return ApiError(self.status, redactor(self.message), code=redactor.optional(self.code),
+                        param=redactor.optional(self.param), type=self.type, retry=self.retry,
+                        headers=self.headers, extra=redactor.value(self.extra))
+
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
         h = {"x-should-retry": "true" if self.retry else "false", **self.headers, **(headers or {})}
         return JSONResponse(self.body(), status_code=self.status, headers=h)
@@ -44,8 +52,6 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def redact(text: str, secrets: list[str]) -> str:
-    """Remove every configured secret from a message before anyone sees it."""
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    return text
+    """Compatibility for callers holding a list of secrets; prefer `Services`/`Config.redactor`."""
+    return Redactor(secrets)(text)
+

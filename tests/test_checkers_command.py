@@ -36,7 +36,7 @@ async def test_command_timeout_kills_process_group(tmp_path):
         p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         open({str(pidfile)!r}, "w").write(str(p.pid))
         time.sleep(60)
-    """, timeout_s=1)
+    """, timeout_s=1, sandbox=False)  # unsandboxed: the process group is what dies
     t0 = time.monotonic()
     v = await run(spec)
     assert time.monotonic() - t0 < 5
@@ -83,8 +83,10 @@ async def test_command_exec_failure():
 
 @pytest.mark.asyncio
 async def test_command_hostile_output():
-    v = await run(py("import sys; sys.stdout.write('x' * 10_000_000); sys.stderr.write('e' * 10_000_000)"))
+    v = await run(py("import sys; sys.stdout.write('x' * 60_000)", max_output_bytes=100_000))
     assert v.passed and len(v.critique) < 17 * 1024 and v.critique.endswith("[truncated]")
+    v = await run(py("import sys; sys.stdout.write('x' * 10_000_000); sys.stderr.write('e' * 10_000_000)"))
+    assert not v.passed and "output exceeded 65536 bytes" in v.critique
     v = await run(py(r"import sys; sys.stdout.buffer.write(b'bad \xff\xfe bytes \x80'); sys.exit(1)"))
     assert not v.passed and "\ufffd" in v.critique and "bad" in v.critique
     # a checker that ignores its (large) stdin still gets a verdict
@@ -103,8 +105,13 @@ async def test_command_env_is_scrubbed(monkeypatch, tmp_path):
     env = json.loads(v.critique)
     assert "sk-secret" not in v.critique and "OPENAI_API_KEY" not in env
     assert env["EXTRA"] == "given" and env["PORT"] == "9000" and env["FWD"] == "forward-me"
-    assert set(env) <= {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "HOME", "PYTHONPATH", "EXTRA", "PORT", "FWD"}
-    assert env["HOME"] != os.path.expanduser("~") and not os.path.exists(env["HOME"])  # temp, removed
+    assert set(env) <= {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "HOME", "PYTHONPATH", "PWD", "EXTRA", "PORT", "FWD"}
+    assert env["HOME"] == "/tmp"  # the sandbox's private tmpfs
+    assert os.getcwd() not in env["PYTHONPATH"].split(os.pathsep)  # the proxy's directory is not shown
+    v = await run({**spec, "sandbox": False})  # unsandboxed: a temporary HOME, removed afterwards
+    env = json.loads(v.critique)
+    assert "OPENAI_API_KEY" not in env and env["FWD"] == "forward-me"
+    assert env["HOME"] != os.path.expanduser("~") and not os.path.exists(env["HOME"])
     assert os.getcwd() in env["PYTHONPATH"].split(os.pathsep)
 
 
@@ -132,7 +139,8 @@ async def test_command_concurrency_cap(tmp_path):
         time.sleep(0.4)
         bump(-1)
     """
-    checkers = build_checkers(py(code, max_concurrency=2, env={"COUNTER_DIR": str(tmp_path)}), PATH)
+    # unsandboxed, so the runs can share a directory to count themselves in
+    checkers = build_checkers(py(code, max_concurrency=2, env={"COUNTER_DIR": str(tmp_path)}, sandbox=False), PATH)
     cands = [cand(index=i) for i in range(6)]
     await check_candidates(checkers, cands, QUESTION)
     assert all(c.verified for c in cands), [c.verdicts for c in cands]

@@ -68,7 +68,7 @@ def test_records_per_request_with_evidence_and_no_secrets(make_proxy, sim, tmp_p
     assert len(ok) == len(questions) and {r["route"] for r in ok} == {"checked"}  # passthrough off by default
     for r in ok:
         assert r["id"].startswith("chatcmpl-its-") and r["model"] == "math-checked"
-        assert r["request"]["messages"] == [{"role": "user", "content": "***"}]
+        assert r["request"]["messages"][0]["content"].endswith("(my key is [redacted])")
         assert len(r["candidates"]) >= 3 and r["usage"]["total"]["total_tokens"] > 0
         assert any(c["index"] == r["selected"] for c in r["candidates"])
         for c in r["candidates"]:
@@ -126,8 +126,8 @@ def test_redaction_drops_credential_keys_and_keeps_token_counts():
            "headers": [{"x-api-key": "k", "note": f"bearer {KEY}!"}], "usage": {"prompt_tokens": 3, "max_tokens": 9},
            "short": "none of these", "exact": "none"}
     out = redact(rec, [KEY, "none"])
-    assert out == {"headers": [{"note": "***"}], "usage": {"prompt_tokens": 3, "max_tokens": 9},
-                   "short": "none of these", "exact": "***"}
+    assert out == {"headers": [{"note": "bearer [redacted]!"}], "usage": {"prompt_tokens": 3, "max_tokens": 9},
+                   "short": "none of these", "exact": "[redacted]"}
 
 
 # ---------------------------------------------------------------- the file

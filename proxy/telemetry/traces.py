@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
 from itsproxy.proxy.config_fields import boolean, integer, mapping, number, string
+from itsproxy.proxy.redact import REDACTED, Redactor, is_credential_key  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from itsproxy.proxy.config import Config
@@ -33,11 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("itsproxy.traces")
 
 KEYS = {"path", "max_bytes", "keep_files", "retention_days", "include_passthrough", "queue_size"}
-REDACTED = "***"
-# Shorter secrets (e.g. a dummy `api_key: none`) are redacted only on equality: matching
-# them inside text would wipe out ordinary words from the training data.
-MIN_CONTAINED_SECRET = 6
-_CRED_WORDS = {"token", "password", "passwd", "authorization", "apikey", "credential", "credentials", "cookie"}
 
 
 # ---------------------------------------------------------------- config
@@ -96,27 +91,9 @@ def build_record(report: RequestReport, outcome: "Outcome | None") -> dict[str, 
     return rec
 
 
-def is_credential_key(key: str) -> bool:
-    # Word-based on purpose: `prompt_tokens`/`max_tokens` are metering, `access_token` is not.
-    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower())
-    if any("secret" in w for w in words) or _CRED_WORDS.intersection(words):
-        return True
-    return any(a == "api" and b == "key" for a, b in zip(words, words[1:]))
-
-
 def redact(value: Any, secrets: list[str]) -> Any:
-    """A copy with secret-bearing strings replaced and credential-looking keys dropped."""
-    if isinstance(value, str):
-        for s in secrets:
-            if value == s or (len(s) >= MIN_CONTAINED_SECRET and s in value):
-                return REDACTED
-        return value
-    if isinstance(value, dict):
-        return {k: redact(v, secrets) for k, v in value.items()
-                if not (isinstance(k, str) and is_credential_key(k))}
-    if isinstance(value, (list, tuple)):
-        return [redact(v, secrets) for v in value]
-    return value
+    """A copy with secrets replaced and credential-looking keys dropped (the one redactor's `value`)."""
+    return Redactor(secrets).value(value)
 
 
 def dumps(record: dict[str, Any]) -> bytes:
@@ -217,9 +194,9 @@ def _write_all(fd: int, data: bytes) -> None:
 class TraceWriter:
     """A bounded queue drained by one daemon thread into a TraceFile."""
 
-    def __init__(self, settings: TraceSettings, secrets: list[str] | None = None) -> None:
+    def __init__(self, settings: TraceSettings, redactor: Redactor | None = None) -> None:
         self.file = TraceFile(settings)
-        self.secrets = sorted({s for s in (secrets or []) if s})
+        self.redactor = redactor or Redactor()
         self.queue: queue.Queue[dict[str, Any]] = queue.Queue(settings.queue_size)
         self.dropped = 0
         self.written = 0
@@ -256,7 +233,7 @@ class TraceWriter:
                 self.queue.task_done()
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
-        lines = [dumps(redact(r, self.secrets)) for r in batch]
+        lines = [dumps(self.redactor.value(r)) for r in batch]
         self.file.append(lines)
         self.written += len(lines)
 
@@ -284,9 +261,9 @@ class TraceWriter:
 class TraceHook:
     """`Services.hooks` entry: builds the record on the loop (cheap), hands it to the writer."""
 
-    def __init__(self, settings: TraceSettings, secrets: list[str]) -> None:
+    def __init__(self, settings: TraceSettings, redactor: Redactor) -> None:
         self.settings = settings
-        self.writer = TraceWriter(settings, secrets)
+        self.writer = TraceWriter(settings, redactor)
 
     def __call__(self, report: RequestReport, outcome: "Outcome | None" = None) -> None:
         if report.passthrough and not self.settings.include_passthrough:
@@ -310,4 +287,4 @@ def build_trace_hook(config: "Config") -> TraceHook | None:
     settings = parse_traces(config.extra.get("traces"))
     if settings is None:
         return None
-    return TraceHook(settings, config.secrets)
+    return TraceHook(settings, config.redactor)

@@ -12,11 +12,22 @@ a timeout, garbage output or an exception is a failed verdict, never a pass.
         memory_mb: 512         # command: RLIMIT_AS, default 1024
         max_concurrency: 4     # per checker, default 4
         env: {KEY: value}      # command: the only variables passed besides PATH, LANG, HOME, PYTHONPATH
+        sandbox: true          # command: bubblewrap sandbox (default; see checkers/sandbox.py's threat model)
+        network: false         # command: a network namespace of its own (no network) unless true
+        max_processes: 64      # command: RLIMIT_NPROC inside the sandbox
+        max_output_bytes: 65536  # command: stdout + stderr; more is a failed verdict
+        files: [/abs/path]     # command: extra paths the sandbox shows read-only
         extract: number        # passed through to the pipeline (`check_extractor`)
-    - check: {python: "itsproxy.proxy.demo_checks:check_sum"}
+    - check: {python: "itsproxy.proxy.demo_checks:check_sum"}   # in-process: trusted code only (below)
     - check: {http: {url: "http://127.0.0.1:9000/verify", timeout_s: 5}}
     - check: {json_schema: {type: object, required: [answer]}}
     - check: {regex: "^\\d+$"}
+
+Trust: a `python:` checker runs inside the proxy with all its privileges (its memory holds the
+API keys); it is the operator's code and must never execute model output. Anything that runs
+what the model wrote belongs in a `command` checker, which is sandboxed (checkers/sandbox.py).
+Every critique leaves `check_candidates` through the proxy's redactor (no configured secret —
+model keys, server keys, these headers and env values — reaches a client, prompt, log or trace).
 
 The payload every checker sees (`payload_for`):
     {"messages": [...], "candidate": {"role", "content", "tool_calls"?}, "answer": str | None}
@@ -25,6 +36,7 @@ The payload every checker sees (`payload_for`):
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from itsproxy.strategies.checkers import command, http, json_schema, python_entry
@@ -38,13 +50,21 @@ KINDS = {
     "json_schema": json_schema.json_schema_from_spec,
     "regex": json_schema.regex_from_spec,
 }
-COMMAND_ONLY = ("cpu_s", "memory_mb", "env")
+COMMAND_ONLY = ("cpu_s", "memory_mb", "env", *command.COMMAND_KEYS)
 STAGE_KEYS = (*KINDS, "timeout_s", "max_concurrency", *COMMAND_ONLY, "extract")
+
+
+Redact = Callable[[str], str]  # the proxy's redactor, as a port (strategies never import the proxy)
+
+
+def no_redaction(text: str) -> str:
+    return text
 
 
 @runtime_checkable
 class Checker(Protocol):
     name: str
+    secrets: tuple[str, ...]  # configured values (headers, env) the proxy must redact everywhere
 
     async def check(self, payload: dict) -> Verdict: ...
 
@@ -85,31 +105,33 @@ def payload_for(candidate: Candidate, messages: list[dict], answer: Any = ...) -
     return {"messages": messages, "candidate": cand, "answer": candidate.answer if answer is ... else answer}
 
 
-async def _safe_check(checker: Checker, payload: dict) -> Verdict:
+async def _safe_check(checker: Checker, payload: dict, redact: Redact) -> Verdict:
     name = getattr(checker, "name", type(checker).__name__)
     try:
         result = await checker.check(payload)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # fail closed
-        return Verdict(name, False, f"checker error: {type(exc).__name__}: {exc}"[:2000])
+        result = Verdict(name, False, f"checker error: {type(exc).__name__}: {exc}"[:2000])
     if not isinstance(result, Verdict):
-        return Verdict(name, False, f"checker returned {type(result).__name__}, not a Verdict")
-    return result
+        result = Verdict(name, False, f"checker returned {type(result).__name__}, not a Verdict")
+    # The one place a critique enters the pipeline: the its evidence, repair prompts, the 422
+    # critiques and traces all read it from here, so it is redacted here.
+    return replace(result, critique=redact(result.critique))
 
 
 async def check_candidates(
     checkers: list[Checker], candidates: list[Candidate], messages: list[dict],
-    answer_of: Callable[[Candidate], Any] | None = None,
+    answer_of: Callable[[Candidate], Any] | None = None, redact: Redact = no_redaction,
 ) -> None:
     """Run every checker on every candidate concurrently (each checker's own cap
-    applies) and append the verdicts to `candidate.verdicts` in checker order."""
+    applies) and append the verdicts, critiques redacted, to `candidate.verdicts` in checker order."""
     if not checkers or not candidates:
         return
     jobs = []
     for cand in candidates:
         payload = payload_for(cand, messages, ... if answer_of is None else answer_of(cand))
-        jobs.extend(_safe_check(checker, payload) for checker in checkers)
+        jobs.extend(_safe_check(checker, payload, redact) for checker in checkers)
     verdicts = await asyncio.gather(*jobs)
     k = len(checkers)
     for i, cand in enumerate(candidates):

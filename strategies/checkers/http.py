@@ -52,6 +52,7 @@ class HttpChecker:
         self.url = url
         self.timeout_s = timeout_s
         self.headers = dict(headers or {})
+        self.secrets = tuple(self.headers.values())  # a verifier's 401 may echo them: the proxy redacts them
         self._limit = LoopLocal(max_concurrency)
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None

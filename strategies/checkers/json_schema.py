@@ -29,6 +29,7 @@ def _key_path(parts) -> str:
 
 
 class JsonSchemaChecker:
+    secrets: tuple[str, ...] = ()  # configured with nothing secret
     name = "json_schema"
 
     def __init__(self, validator: Any) -> None:
@@ -52,6 +53,7 @@ class JsonSchemaChecker:
 
 
 class RegexChecker:
+    secrets: tuple[str, ...] = ()  # configured with nothing secret
     name = "regex"
 
     def __init__(self, pattern: str) -> None:

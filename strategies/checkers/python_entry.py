@@ -55,6 +55,7 @@ def _interpret(result: Any) -> tuple[bool, str] | str:
 
 
 class PythonChecker:
+    secrets: tuple[str, ...] = ()  # configured with nothing secret
     def __init__(
         self,
         entry: str,

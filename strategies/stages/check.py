@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from itsproxy.strategies.checkers.build import Checker, aclose_checkers, build_checkers, check_candidates
+from itsproxy.strategies.checkers.build import (
+    Checker,
+    Redact,
+    aclose_checkers,
+    build_checkers,
+    check_candidates,
+    no_redaction,
+)
 from itsproxy.strategies.extract import Extractor, build_extractor
 from itsproxy.strategies.types import Candidate, SpecError
 
@@ -16,6 +23,12 @@ class CheckStage:
     extractor: Extractor | None = None  # own `extract`, else the vote stage's (set by the pipeline)
     name: str = "check"
     role: str = "filter"
+    redact: Redact = no_redaction  # the proxy installs its redactor at config load (proxy/redact.py)
+
+    @property
+    def secrets(self) -> list[str]:
+        """What this stage's checkers were configured with that must never be shown (headers, env)."""
+        return [s for checker in self.checkers for s in checker.secrets]
 
     @classmethod
     def build(cls, spec: Any, path: str) -> "CheckStage":
@@ -29,7 +42,7 @@ class CheckStage:
 
     async def apply(self, ctx: Any, candidates: list[Candidate]) -> None:
         # Fail closed lives in check_candidates: a checker fault is a failed verdict.
-        await check_candidates(self.checkers, candidates, ctx.messages, self.answer_of)
+        await check_candidates(self.checkers, candidates, ctx.messages, self.answer_of, self.redact)
 
     async def aclose(self) -> None:
         await aclose_checkers(self.checkers)
