@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from itsproxy.proxy.config import Route
-from itsproxy.proxy.errors import ApiError, redact
+from itsproxy.proxy.errors import ApiError
+from itsproxy.proxy.redact import Redactor
 from itsproxy.proxy.http.auth import client_key
 from itsproxy.proxy.http.sse import KEEPALIVE, EventStream, client_gone
 from itsproxy.proxy.metering.ledger import Ledger
@@ -95,18 +96,22 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def upstream_failure(errors: list[BaseException], secrets: list[str], *, passthrough: bool) -> ApiError:
-    """Map what went wrong upstream to one client error."""
+def upstream_failure(errors: list[BaseException], redactor: Redactor, *, passthrough: bool) -> ApiError:
+    """Map what went wrong upstream to one client error, every field through the redactor."""
+    return _upstream_failure(errors, passthrough).redacted(redactor)
+
+
+def _upstream_failure(errors: list[BaseException], passthrough: bool) -> ApiError:
     ups = [e for e in errors if isinstance(e, UpstreamError)]
     rejected = next((e for e in ups if e.rejected and not e.about_n), None)
     if rejected is not None:  # the upstream refused the request itself: its status and message
-        return ApiError(rejected.status or 400, redact(rejected.message, secrets), param=rejected.param,
+        return ApiError(rejected.status or 400, rejected.message, param=rejected.param,
                         code=rejected.code if isinstance(rejected.code, str) else "upstream_rejected")
     if ups and all(isinstance(e, UpstreamBusy) for e in ups):
         return ApiError(503, ups[0].message, code="proxy_busy", retry=True)
     if any(e.status == 429 for e in ups):
         return ApiError(429, "the upstream is rate limiting", code="upstream_rate_limited", retry=passthrough)
-    detail = redact(ups[-1].message, secrets) if ups else "no candidate could be drawn"
+    detail = ups[-1].message if ups else "no candidate could be drawn"
     return ApiError(502, f"upstream failed: {detail}", code="upstream_error", retry=passthrough)
 
 
@@ -171,7 +176,7 @@ class Scaling:
         try:
             resp, record = await sampler.call(sampler.entry(route.target), surface.upstream_body(call), "generate")
         except UpstreamError as exc:
-            raise upstream_failure([exc], self.s.secrets, passthrough=True) from None
+            raise upstream_failure([exc], self.s.config.redactor, passthrough=True) from None
         its = passthrough_its(route, ledger, record.choices)
         body = surface.render_passthrough(resp, its, ledger.total().as_dict())
         return JSONResponse(body, headers=passthrough_headers(route, ledger, record.choices))
@@ -208,9 +213,9 @@ class Scaling:
         except TimeoutError:
             raise deadline_error(route) from None
         except NotEnoughCandidates as exc:
-            raise upstream_failure(exc.errors, self.s.secrets, passthrough=False) from None
+            raise upstream_failure(exc.errors, self.s.config.redactor, passthrough=False) from None
         except UpstreamError as exc:
-            raise upstream_failure([exc], self.s.secrets, passthrough=False) from None
+            raise upstream_failure([exc], self.s.config.redactor, passthrough=False) from None
         except Unverified as exc:
             raise ApiError(422, "no candidate passed verification", code="unverified",
                            extra={"critiques": exc.critiques[:20], "candidates": len(exc.selection.candidates)},
@@ -275,7 +280,7 @@ class Scaling:
             first = await guarded(request, _first(chunks), deadline, route)
         except UpstreamError as exc:
             await chunks.aclose()
-            raise upstream_failure([exc], self.s.secrets, passthrough=True) from None
+            raise upstream_failure([exc], self.s.config.redactor, passthrough=True) from None
         except BaseException:
             await chunks.aclose()
             raise
@@ -294,7 +299,7 @@ class Scaling:
             for part in relay.end(passthrough_its(route, ex.ledger), ex.ledger.total().as_dict()):
                 yield part
         except UpstreamError as exc:
-            err = upstream_failure([exc], self.s.secrets, passthrough=True)
+            err = upstream_failure([exc], self.s.config.redactor, passthrough=True)
             ex.fail(err if err.status >= 500 else ApiError(502, err.message, code=err.code))
             for part in relay.error(err):
                 yield part

@@ -186,8 +186,6 @@ class EchoingUpstream(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="needs proxy/http/chat.py upstream_failure to redact param and code "
-                                       "(ApiError.redacted); see the sandbox branch's report")
 def test_upstream_error_fields_are_redacted(make_proxy, sim):
     server = ThreadingHTTPServer(("127.0.0.1", 0), EchoingUpstream)
     threading.Thread(target=server.serve_forever, daemon=True).start()
