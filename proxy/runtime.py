@@ -37,7 +37,7 @@ class Services:
         from itsproxy.proxy.storage.search_store import SearchStores
 
         self.search_stores = SearchStores.from_config(config)  # augment_search state, opened lazily
-        self.budgets = build_budgets(config.extra.get("budgets"), config.server.state_dir,
+        self.budgets = build_budgets(config.budgets, config.server.state_dir,
                                      auth_enabled=bool(config.server.api_keys))
 
     def inflight(self) -> contextlib.AbstractContextManager:
