@@ -55,9 +55,18 @@ def summary(config: Config) -> str:
 
 
 def cmd_check_config(args) -> int:
-    config = _load(args.path)
-    print(summary(config))
-    return 0
+    """Exit 0 when every file is valid, else 2; with several files each error line starts with its file."""
+    if len(args.paths) == 1:
+        print(summary(_load(args.paths[0])))
+        return 0
+    status = 0
+    for path in args.paths:
+        try:
+            print(summary(load_config(path)))
+        except ConfigError as exc:
+            print(f"{path}: config error: {exc}", file=sys.stderr)
+            status = 2
+    return status
 
 
 def _start_simulator(settings: SimulatorSettings):
@@ -175,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate a config file and summarise its routes")
-    check.add_argument("path")
+    check = sub.add_parser("check-config", help="validate config files and summarise their routes")
+    check.add_argument("paths", nargs="+", metavar="path")
     check.set_defaults(func=cmd_check_config)
 
     from itsproxy.proxy.simulator import add_cli_arguments

@@ -27,7 +27,7 @@ GENERAL_ELSEWHERE = {
     "store_model_in_db": "models are model_list in config.yaml only",
     "max_parallel_requests": "server.max_upstream_concurrency caps concurrent upstream calls",
     "global_max_parallel_requests": "server.max_upstream_concurrency caps concurrent upstream calls",
-    "alerting": "scrape /metrics with Prometheus (deploy/ has alert-ready dashboards)",
+    "alerting": "scrape /metrics with Prometheus and alert there (deploy/ has a Prometheus setup)",
     "custom_auth": "server.api_keys",
     "public_routes": "server.protect_metrics decides whether /metrics needs a key; /health is always open",
     "background_health_checks": "GET /health; upstream failures show in /metrics",

@@ -15,7 +15,7 @@ from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, Upstrea
 from itsproxy.proxy.upstream.backends.direct import DirectBackend, direct_capable
 from itsproxy.proxy.config import Config, ModelEntry
 from itsproxy.proxy.metering.ledger import CallRecord, Ledger
-from itsproxy.proxy.metering.pricing import prices_for
+from itsproxy.proxy.metering.pricing import Prices, prices_for
 from itsproxy.proxy.upstream.stream_tally import ChoiceTally, StreamedMessage
 from itsproxy.proxy.metering.tokens import count_message, count_messages, warm as warm_tokenizer
 from itsproxy.strategies.generate import derive_seed
@@ -51,6 +51,17 @@ class Upstream:
             return self.direct
         assert self._litellm is not None
         return self._litellm
+
+    def entry(self, name: str) -> ModelEntry:
+        """A model_list name, or a name a wildcard entry (`openai/*`) serves."""
+        entry = self.config.model(name)
+        if entry is None:
+            raise UpstreamError(f"no model_list entry serves {name!r}", 404)
+        return entry
+
+    def price(self, entry: ModelEntry) -> Prices:
+        # Wildcard-served names are priced on use (the cost map is already in memory: read at startup).
+        return self.prices.get(entry.name) or prices_for(entry)
 
     def bind(self, ledger: Ledger) -> "RequestSampler":
         return RequestSampler(self, ledger)
@@ -96,7 +107,7 @@ class RequestSampler:
         self.ledger = ledger
 
     def entry(self, model: str) -> ModelEntry:
-        return self.up.models[model]
+        return self.up.entry(model)
 
     def timeout(self) -> float:
         return self.up.config.server.upstream_timeout_s
@@ -133,7 +144,7 @@ class RequestSampler:
             record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
             record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True
-        record.cost_usd = self.up.prices[entry.name].cost(record.prompt_tokens, record.completion_tokens,
+        record.cost_usd = self.up.price(entry).cost(record.prompt_tokens, record.completion_tokens,
                                                            record.cached_tokens)
 
     async def sample(self, messages: list[dict[str, Any]], *, model: str, n: int = 1, phase: str = "generate",
@@ -277,7 +288,7 @@ class RequestSampler:
             record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True
         record.choices = max(1, len(messages))
-        record.cost_usd = self.up.prices[entry.name].cost(record.prompt_tokens, record.completion_tokens,
+        record.cost_usd = self.up.price(entry).cost(record.prompt_tokens, record.completion_tokens,
                                                            record.cached_tokens)
 
 
