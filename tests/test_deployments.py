@@ -121,20 +121,31 @@ def test_tpm_counts_estimates_then_actual_tokens():
 
 def test_a_429_cools_down_at_once():
     b, _ = balancer(RouterSettings(allowed_fails=5, cooldown_time_s=30))
-    e = entry(dep(0))
-    b.acquire(e).done(rate_limited=True)
+    e = entry(dep(0), dep(1))
+    b.acquire(e, exclude=["m#1"]).done(rate_limited=True)
     with pytest.raises(NoDeployment) as exc:
-        b.acquire(e)
+        b.acquire(e, exclude=["m#1"])
     assert exc.value.retry_after_s == pytest.approx(30)
 
 
 def test_done_counts_once():
     b, _ = balancer(RouterSettings(allowed_fails=1, cooldown_time_s=30))
+    e = entry(dep(0), dep(1))
+    lease = b.acquire(e, exclude=["m#1"])
+    lease.done(failed=True)
+    lease.done(failed=True)
+    b.acquire(e, exclude=["m#1"])  # one failure only: not cooling
+    b.acquire(e, exclude=["m#1"]).done(failed=True)
+    with pytest.raises(NoDeployment):
+        b.acquire(e, exclude=["m#1"])
+
+
+def test_the_only_deployment_never_cools_down():
+    b, _ = balancer(RouterSettings(allowed_fails=0, cooldown_time_s=30))
     e = entry(dep(0))
-    lease = b.acquire(e)
-    lease.done(failed=True)
-    lease.done(failed=True)
-    b.acquire(e)  # one failure only: not cooling
+    for _ in range(5):
+        b.acquire(e).done(failed=True, rate_limited=True)
+    assert b.acquire(e).deployment.id == "m#0"
 
 
 @pytest.mark.asyncio

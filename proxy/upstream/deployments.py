@@ -3,7 +3,9 @@
 A `model_name` listed several times in model_list is one model with several
 deployments. For each call, `Balancer.acquire` picks one:
   - never one that is cooling down (it failed more than `allowed_fails` times
-    within a minute, or answered 429: no calls for `cooldown_time` seconds);
+    within a minute, or answered 429: no calls for `cooldown_time` seconds).
+    As in LiteLLM, a model's only deployment never cools down: there is nowhere
+    else to send the call, and its own errors say more than a local 429 would;
   - never one whose `rpm` / `tpm` budget for the last 60 s is used up (the call
     reserves its request and estimated tokens at once; `Lease.done` corrects the tokens);
   - among the rest, at random ("simple-shuffle"), weighted by `weight`, else
@@ -133,6 +135,7 @@ class Lease:
     deployment: Deployment
     use: _Use
     balancer: "Balancer"
+    solo: bool = False  # the model's only deployment: never cooled down
     finished: bool = False
 
     def done(self, *, tokens: int | None = None, failed: bool = False, rate_limited: bool = False) -> None:
@@ -143,7 +146,7 @@ class Lease:
         self.finished = True
         if tokens is not None:
             self.use.tokens = tokens
-        if failed or rate_limited:
+        if (failed or rate_limited) and not self.solo:
             self.balancer.cooldowns.failed(self.deployment.id, self.balancer.clock(), at_once=rate_limited)
 
 
@@ -175,4 +178,4 @@ class Balancer:
         if not ready:
             raise NoDeployment(entry.name, min(waits) if waits else None)
         chosen = shuffle_pick(ready, self.rng)
-        return Lease(chosen, self.windows.take(chosen, tokens, now), self)
+        return Lease(chosen, self.windows.take(chosen, tokens, now), self, solo=len(entry.deployments) == 1)
