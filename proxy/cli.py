@@ -9,7 +9,8 @@ import os
 import sys
 import tempfile
 
-from itsproxy.proxy.config_fields import ConfigError
+from itsproxy.proxy.config import Config, ConfigError, load_config
+from itsproxy.proxy.config.simulator import SimulatorSettings
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 # Event-loop watchdog: asyncio debug mode, logging every callback that holds the loop
@@ -26,9 +27,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _load(path: str | None):
-    from itsproxy.proxy.config import load_config
-
+def _load(path: str | None) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -36,8 +35,12 @@ def _load(path: str | None):
         raise SystemExit(2) from None
 
 
-def summary(config) -> str:
-    lines = [f"config {config.source}: {len(config.models)} models, {len(config.routes)} routes"]
+def summary(config: Config) -> str:
+    deployments = sum(len(m.deployments) for m in config.models.values())
+    keys = len(config.server.api_keys)
+    auth = f"auth on ({keys} key{'s' if keys != 1 else ''})" if keys else "auth OFF (no server.api_keys)"
+    lines = [f"config {config.source}: {len(config.models)} models ({deployments} deployments), "
+             f"{len(config.routes)} routes, {auth}"]
     for r in config.routes:
         if r.passthrough:
             what = f"passthrough -> {r.target}"
@@ -52,16 +55,24 @@ def summary(config) -> str:
 
 
 def cmd_check_config(args) -> int:
-    config = _load(args.path)
-    print(summary(config))
-    return 0
+    """Exit 0 when every file is valid, else 2; with several files each error line starts with its file."""
+    if len(args.paths) == 1:
+        print(summary(_load(args.paths[0])))
+        return 0
+    status = 0
+    for path in args.paths:
+        try:
+            print(summary(load_config(path)))
+        except ConfigError as exc:
+            print(f"{path}: config error: {exc}", file=sys.stderr)
+            status = 2
+    return status
 
 
-def _start_simulator(section: dict):
-    from itsproxy.proxy.simulator import SimConfig, serve_in_thread
+def _start_simulator(settings: SimulatorSettings):
+    from itsproxy.proxy.simulator import serve_in_thread
 
-    fields = {k: v for k, v in section.items() if k not in ("port", "host")}
-    handle = serve_in_thread(SimConfig(**fields), host=section.get("host", "127.0.0.1"), port=section.get("port", 0))
+    handle = serve_in_thread(settings.sim, host=settings.host, port=settings.port)
     print(f"simulated upstream on {handle.url}", file=sys.stderr)
     return handle
 
@@ -173,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="warning")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate a config file and summarise its routes")
-    check.add_argument("path")
+    check = sub.add_parser("check-config", help="validate config files and summarise their routes")
+    check.add_argument("paths", nargs="+", metavar="path")
     check.set_defaults(func=cmd_check_config)
 
     from itsproxy.proxy.simulator import add_cli_arguments

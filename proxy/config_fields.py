@@ -1,7 +1,11 @@
-"""Small helpers for validating loaded YAML with messages that name the key path."""
+"""Small helpers for validating loaded YAML with messages that name the key path.
+
+Kept outside the `config` package on purpose: section parsers that live beside
+their runtime code can use them without importing the loader."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -60,6 +64,8 @@ def number(
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(path, f"must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(path, f"must be a finite number, got {value}")
     if value < minimum or (exclusive_min and value == minimum):
         raise ConfigError(path, f"must be {'>' if exclusive_min else '>='} {minimum}, got {value}")
     if maximum is not None and value > maximum:

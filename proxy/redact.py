@@ -111,7 +111,7 @@ def config_secrets(config: "Config") -> list[str]:
     """Every secret a loaded config holds: model credentials, server keys, checker headers and env."""
     out: list[str] = []
     for model in config.models.values():
-        out += model_secrets(model.params)
+        out += model.secrets  # every deployment's
     out += config.server.api_keys
     for stage in check_stages(config):
         out += stage.secrets

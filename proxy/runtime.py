@@ -35,7 +35,7 @@ class Services:
         if self.trace_hook is not None:
             self.hooks.append(self.trace_hook)
         self.search_stores = SearchStores.from_config(config)  # augment_search state, opened lazily
-        self.budgets = build_budgets(config.extra.get("budgets"), config.server.state_dir,
+        self.budgets = build_budgets(config.budgets, config.server.state_dir,
                                      auth_enabled=bool(config.server.api_keys))
 
     def report(self, ex: "Exchange") -> RequestReport:

@@ -175,7 +175,7 @@ def test_config_validation_names_the_key_path(monkeypatch):
 @pytest.mark.asyncio
 async def test_build_budgets_default_path_and_no_limits(tmp_path):
     assert build_budgets(None, str(tmp_path), auth_enabled=True) is None
-    b = build_budgets({"tokens_per_day": 5}, str(tmp_path / "st"), auth_enabled=True)
+    b = build_budgets(parse_budgets({"tokens_per_day": 5}), str(tmp_path / "st"), auth_enabled=True)
     assert b.store.path == str(tmp_path / "st" / "budgets.sqlite3")
     await b.charge("sk-a", 5, None)
     assert (tmp_path / "st" / "budgets.sqlite3").exists()

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from checker_helpers import PATH, QUESTION, cand, one, py, run
-from itsproxy.strategies.checkers.build import build_checkers, check_candidates
+from itsproxy.strategies.checkers.build import build_checkers, check_candidates, payload_for
 
 
 # ---------------------------------------------------------------- command
@@ -76,8 +76,14 @@ async def test_command_cpu_limit():
 
 
 @pytest.mark.asyncio
-async def test_command_exec_failure():
-    v = await run({"command": ["/nonexistent/checker-binary", "--x"]})
+async def test_command_exec_failure(tmp_path):
+    # check-config refuses a missing program; one that disappears after load still fails closed
+    program = tmp_path / "checker-binary"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    checker = one({"command": [str(program), "--x"]})
+    program.unlink()
+    v = await checker.check(payload_for(cand("The answer is 42.", None), QUESTION))
     assert not v.passed and "could not be started" in v.critique and "No such file" in v.critique
 
 
@@ -99,7 +105,7 @@ async def test_command_env_is_scrubbed(monkeypatch, tmp_path):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
     monkeypatch.setenv("ITS_PASSED_ON", "forward-me")
     spec = py("import json, os; print(json.dumps(dict(os.environ)))",
-              env={"EXTRA": "given", "PORT": 9000, "FWD": "os.environ/ITS_PASSED_ON"})
+              env={"EXTRA": "given", "PORT": 9000, "FWD": "forward-me"})
     v = await run(spec)
     assert v.passed, v.critique
     env = json.loads(v.critique)

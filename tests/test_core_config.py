@@ -89,7 +89,7 @@ def test_check_config_unreadable_and_not_yaml(tmp_path):
 
 def test_example_needs_its_key():
     r = run_cli("check-config", "config.yaml", env={"ITS_API_KEY": ""})
-    assert r.returncode == 0
+    assert r.returncode == 2 and "server.api_keys[0]: environment variable ITS_API_KEY is set but empty" in r.stderr
     env = {k: v for k, v in os.environ.items() if k != "ITS_API_KEY"}
     r = subprocess.run([sys.executable, "-m", "proxy", "check-config", "config.yaml"], capture_output=True,
                        text=True, timeout=60, env=env)

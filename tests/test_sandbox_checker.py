@@ -188,5 +188,5 @@ async def test_files_are_shown_read_only(tmp_path):
 ])
 async def test_sandbox_spec_errors(spec, key, words):
     with pytest.raises(SpecError) as exc:
-        one({"command": ["x"], **spec})
+        one({"command": ["true"], **spec})
     assert exc.value.path == PATH + key and words in exc.value.message

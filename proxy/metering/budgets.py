@@ -1,90 +1,29 @@
 """Per API key daily budgets (tokens and USD), checked before a request and charged after.
 
-Config (`budgets:` at the top level of config.yaml):
-
-    budgets:
-      tokens_per_day: 200000        # null / absent: no token limit
-      cost_usd_per_day: 5.0         # null / absent: no cost limit
-      path: null                    # SQLite file; default <server.state_dir>/budgets.sqlite3
-      keys:                         # per-key overrides; a limit set to null lifts it for that key
-        os.environ/TEAM_KEY: {tokens_per_day: 1000000}
-
-Keys are stored as a SHA-256 prefix, never in clear. Days are UTC dates. Without
-auth (no server.api_keys) every request is charged to "anonymous": a bearer token
-that is not checked must not buy a fresh budget.
+The `budgets:` section is parsed at load (config/budgets.py). Keys are stored as a
+SHA-256 prefix, never in clear. Days are UTC dates. Without auth (no server.api_keys)
+every request is charged to "anonymous": a bearer token that is not checked must not
+buy a fresh budget.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import hashlib
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from itsproxy.proxy.config.budgets import BudgetConfig, BudgetLimits, key_id, parse_budgets
 from itsproxy.proxy.errors import ApiError
-from itsproxy.proxy.config_fields import ConfigError, integer, mapping, number, string
+
+__all__ = ["ANONYMOUS", "BudgetConfig", "BudgetLimits", "BudgetStore", "Budgets", "MemoryBudgetStore",
+           "SqliteBudgetStore", "build_budgets", "key_id", "parse_budgets"]
 
 ANONYMOUS = "anonymous"
-ENV_PREFIX = "os.environ/"
-LIMIT_KEYS = {"tokens_per_day", "cost_usd_per_day"}
 NANO = 1_000_000_000  # cost is stored in integer nano-USD so concurrent sums stay exact
-
-
-def key_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class BudgetLimits:
-    tokens_per_day: int | None = None
-    cost_usd_per_day: float | None = None
-
-
-@dataclass
-class BudgetConfig:
-    default: BudgetLimits
-    path: str | None = None
-    overrides: dict[str, BudgetLimits] = field(default_factory=dict)  # key id -> limits
-
-
-def _limits(raw: dict[str, Any], path: str, base: BudgetLimits) -> BudgetLimits:
-    # An explicit null lifts the limit; an absent key inherits the default.
-    tokens = (integer(raw["tokens_per_day"], f"{path}.tokens_per_day", minimum=1)
-              if "tokens_per_day" in raw else base.tokens_per_day)
-    cost = (number(raw["cost_usd_per_day"], f"{path}.cost_usd_per_day", exclusive_min=True)
-            if "cost_usd_per_day" in raw else base.cost_usd_per_day)
-    return BudgetLimits(tokens, cost)
-
-
-def _resolve_key(name: Any, path: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise ConfigError(path, "must be a non-empty API key or os.environ/NAME")
-    if name.startswith(ENV_PREFIX):
-        env = name[len(ENV_PREFIX):]
-        if not os.environ.get(env):
-            raise ConfigError(path, f"environment variable {env} is not set")
-        return os.environ[env]
-    return name
-
-
-def parse_budgets(raw: Any) -> BudgetConfig | None:
-    """Validate the raw `budgets:` section (Config.extra["budgets"]); None when absent."""
-    if raw is None:
-        return None
-    raw = mapping(raw, "budgets", LIMIT_KEYS | {"path", "keys"})
-    default = _limits(raw, "budgets", BudgetLimits())
-    overrides: dict[str, BudgetLimits] = {}
-    keys = mapping(raw.get("keys"), "budgets.keys")
-    for i, (name, body) in enumerate(keys.items()):
-        # The path names the entry by position: an API key must not end up in an error message.
-        p = f"budgets.keys[{i}]" if not str(name).startswith(ENV_PREFIX) else f"budgets.keys.{name}"
-        overrides[key_id(_resolve_key(name, p))] = _limits(mapping(body, p, LIMIT_KEYS), p, default)
-    return BudgetConfig(default, string(raw.get("path"), "budgets.path", required=False), overrides)
 
 
 class BudgetStore(abc.ABC):
@@ -239,9 +178,8 @@ class Budgets:
         await self.store.aclose()
 
 
-def build_budgets(raw: Any, state_dir: str, *, auth_enabled: bool) -> Budgets | None:
-    """From Config.extra.get("budgets"): None when no budgets are configured."""
-    config = parse_budgets(raw)
+def build_budgets(config: BudgetConfig | None, state_dir: str, *, auth_enabled: bool) -> Budgets | None:
+    """The service for `Config.budgets`: None when no budgets are configured."""
     if config is None:
         return None
     path = config.path or os.path.join(state_dir, "budgets.sqlite3")

@@ -16,6 +16,9 @@ import time
 from datetime import datetime
 from typing import Any, Iterator
 
+from itsproxy.proxy.config import ConfigError, read_document, resolve_document
+from itsproxy.proxy.config.traces import parse_traces
+
 FORMATS = ("openai-chat", "verifier")
 
 
@@ -134,16 +137,11 @@ def _settings(args):
     """--config's traces section (input default and retention), without loading the whole config."""
     if not args.config:
         return None
-    import yaml
-
-    from itsproxy.proxy.config_fields import ConfigError
-    from itsproxy.proxy.telemetry.traces import parse_traces
-
     try:
-        with open(args.config, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-        return parse_traces(data.get("traces") if isinstance(data, dict) else None)
-    except (OSError, yaml.YAMLError, ConfigError) as exc:
+        data = read_document(args.config)
+        section = data.get("traces") if isinstance(data, dict) else None
+        return parse_traces(resolve_document(section, "traces"))
+    except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

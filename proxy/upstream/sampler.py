@@ -1,21 +1,26 @@
 """The one interface through which every model call goes.
 
-`Upstream` (one per app) owns the backends, the global concurrency cap and
-what it has learned about each model's `n`. `bind()` gives a request its
-`Sampler`: every call it makes is recorded in that request's ledger.
+`Upstream` (one per app) owns the backends, the global concurrency cap, the
+deployment balancer (upstream/deployments.py) and what it has learned about each
+model's `n`. `bind()` gives a request its `Sampler`: every call it makes is
+recorded in that request's ledger. A call goes to one deployment of its model;
+on a retryable failure (no answer, 408/429/5xx) before any output it fails over
+to another deployment not tried yet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any, AsyncIterator
 
-from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, UpstreamError
+from itsproxy.proxy.config import Config, Deployment, ModelEntry
+from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, UpstreamError, retryable
 from itsproxy.proxy.upstream.backends.direct import DirectBackend, direct_capable
-from itsproxy.proxy.config import Config, ModelEntry
+from itsproxy.proxy.upstream.deployments import Balancer, Lease, NoDeployment
 from itsproxy.proxy.metering.ledger import CallRecord, Ledger
-from itsproxy.proxy.metering.pricing import prices_for
+from itsproxy.proxy.metering.pricing import Prices, prices_for
 from itsproxy.proxy.upstream.stream_tally import ChoiceTally, StreamedMessage
 from itsproxy.proxy.metering.tokens import count_message, count_messages, warm as warm_tokenizer
 from itsproxy.strategies.generate import derive_seed
@@ -30,9 +35,12 @@ class Upstream:
         self.direct = DirectBackend(max_connections=max(64, server.max_upstream_concurrency),
                                     num_retries=server.num_retries)
         self._litellm: Backend | None = None
-        if server.upstream_client == "litellm" or not all(direct_capable(m) for m in self.models.values()):
+        deployments = [d for m in self.models.values() for d in m.deployments]
+        if server.upstream_client == "litellm" or not all(direct_capable(d) for d in deployments):
             self._litellm = self._make_litellm()
         self.semaphore = asyncio.Semaphore(server.max_upstream_concurrency)
+        self.balancer = Balancer(config.router)
+        self.tpm_limited = {m.name for m in self.models.values() if any(d.tpm for d in m.deployments)}
         # model name -> True (n works), False (n refused: fan out). Seeded from model_info.supports_n.
         self.n_support: dict[str, bool] = {k: m.supports_n for k, m in self.models.items() if m.supports_n is not None}
         # Slow first uses happen here, at startup, never inside a request (they would block the event loop):
@@ -46,11 +54,35 @@ class Upstream:
 
         return LitellmBackend(self.config.server.num_retries)
 
-    def backend(self, entry: ModelEntry) -> Backend:
-        if self.config.server.upstream_client == "auto" and direct_capable(entry):
+    def backend(self, target: Deployment) -> Backend:
+        if self.config.server.upstream_client == "auto" and direct_capable(target):
             return self.direct
         assert self._litellm is not None
         return self._litellm
+
+    def entry(self, name: str) -> ModelEntry:
+        """A model_list name, or a name a wildcard entry (`openai/*`) serves."""
+        entry = self.config.model(name)
+        if entry is None:
+            raise UpstreamError(f"no model_list entry serves {name!r}", 404)
+        return entry
+
+    def price(self, entry: ModelEntry) -> Prices:
+        # Wildcard-served names are priced on use (the cost map is already in memory: read at startup).
+        return self.prices.get(entry.name) or prices_for(entry)
+
+    def lease(self, entry: ModelEntry, body: dict[str, Any], tried: list[str],
+              last: UpstreamError | None) -> Lease:
+        """A deployment for one call; when none is free, the last failure (after a failover)
+        or a 429 saying when one frees up."""
+        estimate = count_messages(body.get("messages") or [], body.get("tools")) if entry.name in self.tpm_limited else 0
+        try:
+            return self.balancer.acquire(entry, estimate, tried)
+        except NoDeployment as exc:
+            if last is not None:
+                raise last from None
+            raise UpstreamError(str(exc), 429, code="no_deployment_available",
+                                retry_after_s=exc.retry_after_s) from None
 
     def bind(self, ledger: Ledger) -> "RequestSampler":
         return RequestSampler(self, ledger)
@@ -96,7 +128,7 @@ class RequestSampler:
         self.ledger = ledger
 
     def entry(self, model: str) -> ModelEntry:
-        return self.up.models[model]
+        return self.up.entry(model)
 
     def timeout(self) -> float:
         return self.up.config.server.upstream_timeout_s
@@ -107,7 +139,7 @@ class RequestSampler:
         started = time.monotonic()
         await self.up.slot()
         try:
-            resp = await self.up.backend(entry).complete(entry, body, self.timeout())
+            resp = await self._complete(entry, body)
         except asyncio.CancelledError:
             record.outcome = "cancelled"
             raise
@@ -119,6 +151,28 @@ class RequestSampler:
             record.latency_s = time.monotonic() - started
         self._meter(record, entry, body, resp)
         return resp, record
+
+    async def _complete(self, entry: ModelEntry, body: dict[str, Any]) -> dict[str, Any]:
+        tried: list[str] = []
+        last: UpstreamError | None = None
+        while True:
+            lease = self.up.lease(entry, body, tried, last)
+            target = lease.deployment
+            try:
+                resp = await self.up.backend(target).complete(target, body, self.timeout())
+            except UpstreamError as exc:
+                lease.done(failed=retryable(exc), rate_limited=exc.status == 429)
+                tried.append(target.id)
+                if not retryable(exc) or len(tried) >= len(entry.deployments):
+                    raise
+                last = exc
+                continue
+            except BaseException:
+                lease.done()
+                raise
+            usage = resp.get("usage") or {}
+            lease.done(tokens=int(usage.get("total_tokens") or 0) if usage else None)
+            return resp
 
     def _meter(self, record: CallRecord, entry: ModelEntry, body: dict[str, Any], resp: dict[str, Any]) -> None:
         usage = resp.get("usage") or None
@@ -133,7 +187,7 @@ class RequestSampler:
             record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
             record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True
-        record.cost_usd = self.up.prices[entry.name].cost(record.prompt_tokens, record.completion_tokens,
+        record.cost_usd = self.up.price(entry).cost(record.prompt_tokens, record.completion_tokens,
                                                            record.cached_tokens)
 
     async def sample(self, messages: list[dict[str, Any]], *, model: str, n: int = 1, phase: str = "generate",
@@ -249,12 +303,13 @@ class RequestSampler:
         answered = False  # once the upstream answered, it has read (and bills) the prompt
         await self.up.slot()
         try:
-            async for chunk in self.up.backend(entry).stream(entry, body, self.timeout()):
-                answered = True
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                tally.add(chunk)
-                yield chunk
+            async with contextlib.aclosing(self._chunks(entry, body)) as chunks:  # closing it closes the upstream
+                async for chunk in chunks:
+                    answered = True
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    tally.add(chunk)
+                    yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             record.outcome = "cancelled"
             raise
@@ -265,6 +320,33 @@ class RequestSampler:
             self.up.semaphore.release()
             record.latency_s = time.monotonic() - started
             self._meter_stream(record, entry, body, usage, tally.messages(), answered)
+
+    async def _chunks(self, entry: ModelEntry, body: dict[str, Any]) -> AsyncIterator[dict]:
+        """One deployment's stream; fails over to another only before its first chunk."""
+        tried: list[str] = []
+        last: UpstreamError | None = None
+        while True:
+            lease = self.up.lease(entry, body, tried, last)
+            target, started, tokens = lease.deployment, False, None
+            try:
+                async with contextlib.aclosing(self.up.backend(target).stream(target, body, self.timeout())) as up:
+                    async for chunk in up:
+                        started = True
+                        if chunk.get("usage"):
+                            tokens = int(chunk["usage"].get("total_tokens") or 0)
+                        yield chunk
+            except UpstreamError as exc:
+                lease.done(failed=retryable(exc), rate_limited=exc.status == 429)
+                tried.append(target.id)
+                if started or not retryable(exc) or len(tried) >= len(entry.deployments):
+                    raise
+                last = exc
+                continue
+            except BaseException:
+                lease.done()
+                raise
+            lease.done(tokens=tokens)
+            return
 
     def _meter_stream(self, record: CallRecord, entry: ModelEntry, body: dict[str, Any],
                       usage: dict[str, Any] | None, messages: list[dict[str, Any]], answered: bool) -> None:
@@ -277,7 +359,7 @@ class RequestSampler:
             record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True
         record.choices = max(1, len(messages))
-        record.cost_usd = self.up.prices[entry.name].cost(record.prompt_tokens, record.completion_tokens,
+        record.cost_usd = self.up.price(entry).cost(record.prompt_tokens, record.completion_tokens,
                                                            record.cached_tokens)
 
 

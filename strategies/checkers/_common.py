@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 from typing import Any
 
 from itsproxy.strategies.types import SpecError, Verdict
@@ -59,16 +58,11 @@ def positive_int(spec: dict, key: str, path: str, default: int) -> int:
 
 
 def env_value(value: Any, path: str) -> str:
-    """A literal string/number, or `os.environ/NAME` (LiteLLM's convention)."""
+    """A string or number, as the child's variable. (`os.environ/NAME` references are
+    resolved by the config loader before any spec reaches a strategy.)"""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise SpecError(path, f"must be a string or number, got {type(value).__name__}")
-    value = str(value)
-    if value.startswith("os.environ/"):
-        var = value[len("os.environ/") :]
-        if var not in os.environ:
-            raise SpecError(path, f"environment variable {var!r} is not set")
-        return os.environ[var]
-    return value
+    return str(value)
 
 
 def _content_text(content: Any) -> str | None:

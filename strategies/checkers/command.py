@@ -331,6 +331,18 @@ def _sandbox(spec: dict, path: str, memory_mb: int) -> SandboxSpec | None:
     return None
 
 
+def _executable(program: str, path: str) -> str:
+    """argv[0] resolved at load (on PATH, or a path to an executable file): a checker that
+    cannot start would fail every candidate closed, and the route would never verify."""
+    if program in _PYTHONS:
+        return program  # this interpreter (CommandChecker maps it to sys.executable)
+    found = shutil.which(program)
+    if found is None:
+        where = "is not an executable file" if os.sep in program else "is not found on PATH"
+        raise SpecError(path, f"{program!r} {where}")
+    return found
+
+
 def from_spec(spec: dict, path: str) -> CommandChecker:
     argv = spec["command"]
     if not isinstance(argv, list) or not argv:
@@ -349,12 +361,13 @@ def from_spec(spec: dict, path: str) -> CommandChecker:
         if not isinstance(key, str) or not key or "=" in key:
             raise SpecError(f"{path}.env", f"invalid variable name {key!r}")
         env[key] = env_value(value, f"{path}.env.{key}")
+    max_concurrency = positive_int(spec, "max_concurrency", path, DEFAULT_CONCURRENCY)
     return CommandChecker(
-        argv,
+        [_executable(argv[0], f"{path}.command[0]"), *argv[1:]],
         timeout_s=timeout_s,
         cpu_s=cpu_s,
         memory_mb=memory_mb,
-        max_concurrency=positive_int(spec, "max_concurrency", path, DEFAULT_CONCURRENCY),
+        max_concurrency=max_concurrency,
         env=env,
         sandbox=_sandbox(spec, path, memory_mb),
         max_output_bytes=positive_int(spec, "max_output_bytes", path, DEFAULT_MAX_OUTPUT),

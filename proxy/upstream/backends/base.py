@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, AsyncIterator, Protocol
 
-from itsproxy.proxy.config import ModelEntry
+from itsproxy.proxy.config import Deployment
 from itsproxy.strategies.types import SampleError
 
 # Providers say "n is not supported" in many ways.
@@ -16,16 +16,20 @@ _N_ERROR = re.compile(
 )
 
 
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
 class UpstreamError(SampleError):
     """An upstream call failed. `status` is the upstream's HTTP status when it answered."""
 
     def __init__(self, message: str, status: int | None = None, param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.param = param
         self.code = code
+        self.retry_after_s = retry_after_s  # when trying again makes sense (a 429's Retry-After)
 
     @property
     def rejected(self) -> bool:
@@ -39,14 +43,20 @@ class UpstreamError(SampleError):
         return self.param == "n" or bool(_N_ERROR.search(self.message))
 
 
+def retryable(exc: UpstreamError) -> bool:
+    """Worth another try (here or at another deployment): no answer at all (connect
+    failure, timeout) or a transient status."""
+    return exc.status is None or exc.status in RETRY_STATUS
+
+
 class UpstreamBusy(UpstreamError):
     """The proxy's own cap on concurrent upstream calls stayed full too long."""
 
 
 class Backend(Protocol):
-    async def complete(self, entry: ModelEntry, body: dict[str, Any], timeout: float) -> dict[str, Any]: ...
+    async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float) -> dict[str, Any]: ...
 
-    def stream(self, entry: ModelEntry, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]: ...
+    def stream(self, entry: Deployment, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
 

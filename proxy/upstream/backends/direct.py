@@ -17,8 +17,8 @@ from typing import Any, AsyncIterator
 import aiohttp
 import certifi
 
-from itsproxy.proxy.upstream.backends.base import UpstreamError, error_from_body
-from itsproxy.proxy.config import ModelEntry
+from itsproxy.proxy.upstream.backends.base import UpstreamError, error_from_body, retryable
+from itsproxy.proxy.config import Deployment
 
 OPENAI_BASE = "https://api.openai.com/v1"
 # litellm_params the direct path understands; anything else goes through litellm.
@@ -26,21 +26,13 @@ DIRECT_PARAMS = frozenset({"model", "api_base", "base_url", "api_key", "custom_l
 DIRECT_PROVIDERS = frozenset({"openai", "hosted_vllm", "openai_like", "vllm"})
 
 
-def direct_capable(entry: ModelEntry) -> bool:
+def direct_capable(entry: Deployment) -> bool:
     return entry.provider in DIRECT_PROVIDERS and set(entry.params) <= DIRECT_PARAMS and (
         entry.api_base is not None or entry.provider == "openai")
 
 
-def _upstream_model(entry: ModelEntry) -> str:
+def _upstream_model(entry: Deployment) -> str:
     return entry.model.split("/", 1)[1] if "/" in entry.model else entry.model
-
-
-RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-def retryable(exc: UpstreamError) -> bool:
-    """Worth another try: no answer at all (connect failure, timeout) or a transient status."""
-    return exc.status is None or exc.status in RETRY_STATUS
 
 
 class DirectBackend:
@@ -67,7 +59,7 @@ class DirectBackend:
             t = self._timeouts[timeout] = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
         return t
 
-    def _request(self, entry: ModelEntry, body: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+    def _request(self, entry: Deployment, body: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
         base = (entry.api_base or OPENAI_BASE).rstrip("/")
         headers = {"content-type": "application/json"}
         if entry.params.get("api_key"):
@@ -79,7 +71,7 @@ class DirectBackend:
         return self.session.post(url, headers=headers, data=content, timeout=self._timeout(timeout),
                                  allow_redirects=False)
 
-    async def complete(self, entry: ModelEntry, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         url, headers, content = self._request(entry, body)
         for attempt in range(self.num_retries + 1):
             try:
@@ -109,7 +101,7 @@ class DirectBackend:
             raise UpstreamError("upstream sent a response that is not a chat completion", 502)
         return payload
 
-    async def stream(self, entry: ModelEntry, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, entry: Deployment, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
         url, headers, content = self._request(entry, {**body, "stream": True})
         try:
             async with self._post(url, headers, content, timeout) as resp:

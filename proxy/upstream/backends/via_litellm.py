@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 from itsproxy.proxy.upstream.backends.base import UpstreamError
-from itsproxy.proxy.config import ModelEntry
+from itsproxy.proxy.config import Deployment
 from itsproxy.proxy.upstream.litellm_loader import litellm
 
 
@@ -30,10 +30,10 @@ class LitellmBackend:
         self.num_retries = num_retries
         self.lib = litellm()  # at startup, never inside a request
 
-    def _kwargs(self, entry: ModelEntry, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _kwargs(self, entry: Deployment, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         return {**body, **entry.params, "model": entry.model, "timeout": timeout, "num_retries": self.num_retries}
 
-    async def complete(self, entry: ModelEntry, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         try:
             resp = await self.lib.acompletion(**self._kwargs(entry, body, timeout))
         except UpstreamError:
@@ -42,7 +42,7 @@ class LitellmBackend:
             raise _error(exc) from None
         return _dump(resp)
 
-    async def stream(self, entry: ModelEntry, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, entry: Deployment, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
         try:
             resp = await self.lib.acompletion(**self._kwargs(entry, {**body, "stream": True}, timeout))
             async for chunk in resp:

@@ -1,0 +1,64 @@
+"""The `budgets:` section: per API key daily limits (the service is metering/budgets.py).
+
+    budgets:
+      tokens_per_day: 200000        # null / absent: no token limit
+      cost_usd_per_day: 5.0         # null / absent: no cost limit
+      path: null                    # SQLite file; default <server.state_dir>/budgets.sqlite3
+      keys:                         # per-key overrides; a limit set to null lifts it for that key
+        os.environ/TEAM_KEY: {tokens_per_day: 1000000}
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from itsproxy.proxy.config.env import env_ref, is_env_ref
+from itsproxy.proxy.config_fields import ConfigError, integer, mapping, number, string
+
+LIMIT_KEYS = {"tokens_per_day", "cost_usd_per_day"}
+
+
+def key_id(key: str) -> str:
+    """How a key is stored and looked up: a SHA-256 prefix, never the key in clear."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BudgetLimits:
+    tokens_per_day: int | None = None
+    cost_usd_per_day: float | None = None
+
+
+@dataclass
+class BudgetConfig:
+    default: BudgetLimits
+    path: str | None = None
+    overrides: dict[str, BudgetLimits] = field(default_factory=dict)  # key id -> limits
+
+
+def _limits(raw: dict[str, Any], path: str, base: BudgetLimits) -> BudgetLimits:
+    # An explicit null lifts the limit; an absent key inherits the default.
+    tokens = (integer(raw["tokens_per_day"], f"{path}.tokens_per_day", minimum=1)
+              if "tokens_per_day" in raw else base.tokens_per_day)
+    cost = (number(raw["cost_usd_per_day"], f"{path}.cost_usd_per_day", exclusive_min=True)
+            if "cost_usd_per_day" in raw else base.cost_usd_per_day)
+    return BudgetLimits(tokens, cost)
+
+
+def parse_budgets(raw: Any) -> BudgetConfig | None:
+    """The `budgets:` section; None when absent."""
+    if raw is None:
+        return None
+    raw = mapping(raw, "budgets", LIMIT_KEYS | {"path", "keys"})
+    default = _limits(raw, "budgets", BudgetLimits())
+    overrides: dict[str, BudgetLimits] = {}
+    keys = mapping(raw.get("keys"), "budgets.keys")
+    for i, (name, body) in enumerate(keys.items()):
+        # The path names the entry by position: an API key must not end up in an error message.
+        p = f"budgets.keys.{name}" if is_env_ref(name) else f"budgets.keys[{i}]"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(p, "must be a non-empty API key or os.environ/NAME")
+        overrides[key_id(env_ref(name, p))] = _limits(mapping(body, p, LIMIT_KEYS), p, default)
+    return BudgetConfig(default, string(raw.get("path"), "budgets.path", required=False), overrides)

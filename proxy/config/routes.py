@@ -1,0 +1,120 @@
+"""`routes:`: which client model names get which strategy (strategies/ builds the pipeline).
+
+A route's pipeline is built here, at load, so every spec error is a config error.
+Building it does no I/O: checker and reward HTTP clients open on first use (and
+`Services.aclose` closes them); a `python` checker's module is imported here, on
+purpose, so a wrong module path is caught by `check-config`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+from itsproxy.proxy.config_fields import ConfigError, boolean, choice, integer, mapping, number, seq, string
+from itsproxy.proxy.params import FORWARD
+from itsproxy.strategies.pipeline import Pipeline, build_pipeline
+from itsproxy.strategies.types import SpecError
+
+ROUTE_KEYS = {
+    "name", "match", "generate", "select", "passthrough", "limits", "repair", "on_unverified",
+    "min_candidates", "usage_report",
+}
+LIMIT_KEYS = {"max_n", "timeout_s", "max_extra_tokens", "max_cost_usd"}
+
+
+@dataclass
+class Limits:
+    max_n: int
+    timeout_s: float
+    max_extra_tokens: int | None = None
+    max_cost_usd: float | None = None
+
+
+@dataclass
+class Route:
+    name: str
+    match: str  # model alias, exact or glob
+    passthrough: bool
+    pipeline: Pipeline | None  # None on passthrough routes
+    target: str  # generate.model: where passthrough goes; the pool's first model otherwise
+    limits: Limits
+    usage_report: str = "total"
+
+    @property
+    def is_glob(self) -> bool:
+        return any(ch in self.match for ch in "*?[")
+
+    def matches(self, model: str) -> bool:
+        return fnmatch.fnmatchcase(model, self.match) if self.is_glob else model == self.match
+
+
+def _pipeline(raw: dict[str, Any], path: str, models: set[str]) -> Pipeline:
+    try:
+        pipeline = build_pipeline(raw, path, models)
+    except SpecError as exc:
+        raise ConfigError(exc.path, exc.message) from None
+    for key in pipeline.generate.params:  # the same allow-list clients get, less what has its own key
+        if key not in FORWARD or key in ("seed", "temperature", "max_tokens"):
+            raise ConfigError(f"{path}.generate.params.{key}", "not a parameter a route can set here "
+                              "(temperature and max_tokens have their own keys under generate)")
+    for stage in pipeline.stages:  # judges, reward models and USC name models too
+        for model in getattr(stage, "models", []):
+            if model not in models:
+                raise ConfigError(getattr(stage, "model_path", f"{path}.select"),
+                                  f"unknown model {model!r}; model_list has {', '.join(sorted(models))}")
+    return pipeline
+
+
+def _limits(raw: dict[str, Any], path: str, pipeline: Pipeline) -> Limits:
+    limits = mapping(raw.get("limits"), f"{path}.limits", LIMIT_KEYS)
+    capped = limits.get("max_extra_tokens") is not None or limits.get("max_cost_usd") is not None
+    if capped and not (pipeline.generate.adaptive or pipeline.repair):
+        raise ConfigError(f"{path}.limits", "max_extra_tokens / max_cost_usd stop drawing between batches: "
+                          "they need generate.adaptive or repair (one batch cannot stop part-way)")
+    n = pipeline.generate.n
+    return Limits(
+        max_n=integer(limits.get("max_n"), f"{path}.limits.max_n", default=n, minimum=1) or n,
+        timeout_s=number(limits.get("timeout_s"), f"{path}.limits.timeout_s", default=600.0,
+                         exclusive_min=True) or 600.0,
+        max_extra_tokens=integer(limits.get("max_extra_tokens"), f"{path}.limits.max_extra_tokens"),
+        max_cost_usd=number(limits.get("max_cost_usd"), f"{path}.limits.max_cost_usd"),
+    )
+
+
+def parse_route(raw: Any, path: str, models: set[str]) -> Route:
+    raw = mapping(raw, path, ROUTE_KEYS)
+    name = str(string(raw.get("name"), f"{path}.name"))
+    alias = str(string(mapping(raw.get("match"), f"{path}.match", {"model"}).get("model"), f"{path}.match.model"))
+    passthrough = boolean(raw.get("passthrough"), f"{path}.passthrough")
+    if not mapping(raw.get("generate"), f"{path}.generate"):
+        raise ConfigError(f"{path}.generate", "is required (at least `model`)")
+    pipeline = _pipeline(raw, path, models)
+    if passthrough and (raw.get("select") or raw.get("repair")):
+        raise ConfigError(f"{path}.passthrough", "a passthrough route cannot also have select or repair")
+    return Route(
+        name=name,
+        match=alias,
+        passthrough=passthrough,
+        pipeline=None if passthrough else pipeline,
+        target=pipeline.generate.pool[0].model,
+        limits=_limits(raw, path, pipeline),
+        usage_report=choice(raw.get("usage_report"), f"{path}.usage_report", ("total", "selected"), default="total"),
+    )
+
+
+def parse_routes(raw: Any, models: set[str]) -> list[Route]:
+    """Every route; two with the same name or the same `match.model` are refused (the
+    second could never be reached)."""
+    routes: list[Route] = []
+    for i, item in enumerate(seq(raw, "routes")):
+        route = parse_route(item, f"routes[{i}]", models)
+        for j, other in enumerate(routes):
+            if other.name == route.name:
+                raise ConfigError(f"routes[{i}].name", f"duplicate route name {route.name!r} (routes[{j}])")
+            if other.match == route.match:
+                raise ConfigError(f"routes[{i}].match.model", f"{route.match!r} is already matched by "
+                                  f"routes[{j}] ({other.name!r}); this route could never be reached")
+        routes.append(route)
+    return routes
