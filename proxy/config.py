@@ -82,6 +82,7 @@ class ServerConfig:
     max_upstream_concurrency: int = 256
     upstream_queue_timeout_s: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024
+    max_upstream_body_bytes: int = 32 * 1024 * 1024  # an upstream reply (or one stream line) past this: 502
     upstream_timeout_s: float = 600.0
     num_retries: int = 0
     keepalive_s: float = 5.0
@@ -160,6 +161,8 @@ def _server(raw: Any) -> ServerConfig:
             raw.get("upstream_queue_timeout_s"), "server.upstream_queue_timeout_s",
             default=d.upstream_queue_timeout_s, exclusive_min=True),
         max_body_bytes=integer(raw.get("max_body_bytes"), "server.max_body_bytes", default=d.max_body_bytes, minimum=1),
+        max_upstream_body_bytes=integer(raw.get("max_upstream_body_bytes"), "server.max_upstream_body_bytes",
+                                        default=d.max_upstream_body_bytes, minimum=1024),
         upstream_timeout_s=number(
             raw.get("upstream_timeout_s"), "server.upstream_timeout_s", default=d.upstream_timeout_s, exclusive_min=True),
         num_retries=integer(raw.get("num_retries"), "server.num_retries", default=0),

@@ -11,8 +11,9 @@ import asyncio
 import time
 from typing import Any, AsyncIterator
 
-from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, UpstreamError
+from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, UpstreamError, UpstreamProtocolError
 from itsproxy.proxy.upstream.backends.direct import DirectBackend, direct_capable
+from itsproxy.proxy.upstream.retry import RetryPolicy
 from itsproxy.proxy.config import Config, ModelEntry
 from itsproxy.proxy.metering.ledger import CallRecord, Ledger
 from itsproxy.proxy.metering.pricing import prices_for
@@ -28,7 +29,8 @@ class Upstream:
         self.models = config.models
         server = config.server
         self.direct = DirectBackend(max_connections=max(64, server.max_upstream_concurrency),
-                                    num_retries=server.num_retries)
+                                    retry=RetryPolicy(server.num_retries),
+                                    max_body_bytes=server.max_upstream_body_bytes)
         self._litellm: Backend | None = None
         if server.upstream_client == "litellm" or not all(direct_capable(m) for m in self.models.values()):
             self._litellm = self._make_litellm()
@@ -44,7 +46,7 @@ class Upstream:
     def _make_litellm(self) -> Backend:
         from itsproxy.proxy.upstream.backends.via_litellm import LitellmBackend
 
-        return LitellmBackend(self.config.server.num_retries)
+        return LitellmBackend(RetryPolicy(self.config.server.num_retries))
 
     def backend(self, entry: ModelEntry) -> Backend:
         if self.config.server.upstream_client == "auto" and direct_capable(entry):
@@ -52,8 +54,9 @@ class Upstream:
         assert self._litellm is not None
         return self._litellm
 
-    def bind(self, ledger: Ledger) -> "RequestSampler":
-        return RequestSampler(self, ledger)
+    def bind(self, ledger: Ledger, deadline: float | None = None) -> "RequestSampler":
+        """`deadline` (event-loop time): retries and their Retry-After waits stay within it."""
+        return RequestSampler(self, ledger, deadline)
 
     async def aclose(self) -> None:
         await self.direct.aclose()
@@ -91,9 +94,10 @@ def split_completion(total: int, messages: list[dict[str, Any]]) -> list[int]:
 class RequestSampler:
     """A request's view of the upstream: implements `strategies.types.Sampler`."""
 
-    def __init__(self, upstream: Upstream, ledger: Ledger) -> None:
+    def __init__(self, upstream: Upstream, ledger: Ledger, deadline: float | None = None) -> None:
         self.up = upstream
         self.ledger = ledger
+        self.deadline = deadline
 
     def entry(self, model: str) -> ModelEntry:
         return self.up.models[model]
@@ -107,9 +111,15 @@ class RequestSampler:
         started = time.monotonic()
         await self.up.slot()
         try:
-            resp = await self.up.backend(entry).complete(entry, body, self.timeout())
+            resp = await self.up.backend(entry).complete(entry, body, self.timeout(), self.deadline)
         except asyncio.CancelledError:
             record.outcome = "cancelled"
+            self._meter_unfinished(record, entry, body, None)  # the upstream has read the prompt
+            raise
+        except UpstreamProtocolError as exc:  # it answered, wrongly: metered as far as the reply tells
+            record.outcome = "error"
+            if exc.answered:
+                self._meter_unfinished(record, entry, body, exc.usage)
             raise
         except UpstreamError:
             record.outcome = "error"
@@ -120,15 +130,26 @@ class RequestSampler:
         self._meter(record, entry, body, resp)
         return resp, record
 
+    def _meter_unfinished(self, record: CallRecord, entry: ModelEntry, body: dict[str, Any],
+                          usage: dict[str, Any] | None) -> None:
+        """A call with no usable answer: the reply's own usage if it had a valid one, else the prompt's
+        estimate (completion unknown), flagged estimated either way."""
+        if usage is not None:
+            record.prompt_tokens = usage["prompt_tokens"]
+            record.completion_tokens = usage.get("completion_tokens", 0)
+        else:
+            record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
+        record.estimated = True
+        record.cost_usd = self.up.prices[entry.name].cost(record.prompt_tokens, record.completion_tokens, 0)
+
     def _meter(self, record: CallRecord, entry: ModelEntry, body: dict[str, Any], resp: dict[str, Any]) -> None:
-        usage = resp.get("usage") or None
-        messages = [c.get("message") or {} for c in resp.get("choices") or []]
+        usage = resp.get("usage")  # checked at the boundary (replies.py): valid counts, or absent
+        messages = [c["message"] for c in resp["choices"]]
         record.choices = len(messages)
-        if usage and usage.get("prompt_tokens") is not None:
-            record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            record.completion_tokens = int(usage.get("completion_tokens") or 0)
-            details = usage.get("prompt_tokens_details") or {}
-            record.cached_tokens = int(details.get("cached_tokens") or 0)
+        if usage:
+            record.prompt_tokens = usage["prompt_tokens"]
+            record.completion_tokens = usage.get("completion_tokens", 0)
+            record.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
         else:  # the upstream gave no usage: count it ourselves, and say so
             record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
             record.completion_tokens = sum(count_message(m) for m in messages)
@@ -249,7 +270,7 @@ class RequestSampler:
         answered = False  # once the upstream answered, it has read (and bills) the prompt
         await self.up.slot()
         try:
-            async for chunk in self.up.backend(entry).stream(entry, body, self.timeout()):
+            async for chunk in self.up.backend(entry).stream(entry, body, self.timeout(), self.deadline):
                 answered = True
                 if chunk.get("usage"):
                     usage = chunk["usage"]
@@ -257,6 +278,10 @@ class RequestSampler:
                 yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             record.outcome = "cancelled"
+            raise
+        except UpstreamProtocolError as exc:
+            record.outcome = "error"
+            answered = answered or exc.answered
             raise
         except UpstreamError:
             record.outcome = "error"
@@ -268,11 +293,11 @@ class RequestSampler:
 
     def _meter_stream(self, record: CallRecord, entry: ModelEntry, body: dict[str, Any],
                       usage: dict[str, Any] | None, messages: list[dict[str, Any]], answered: bool) -> None:
-        if usage and usage.get("prompt_tokens") is not None and record.outcome == "ok":
-            record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            record.completion_tokens = int(usage.get("completion_tokens") or 0)
-            record.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-        elif answered or record.outcome == "ok":
+        if usage and record.outcome == "ok":  # checked at the boundary: valid counts
+            record.prompt_tokens = usage["prompt_tokens"]
+            record.completion_tokens = usage.get("completion_tokens", 0)
+            record.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        elif answered or record.outcome in ("ok", "cancelled"):  # cancelled: the upstream had read the prompt
             record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
             record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True
