@@ -4,40 +4,97 @@ Everything downstream (metering, extraction, votes, the passthrough relay) reads
 replies as well-formed chat completions; a reply that is not one must stop here
 as a 502-class `UpstreamProtocolError`, never reach them and become a 500.
 
-The checks are plain code on the dicts `json.loads` gave, and they repair in
-place what has one safe reading: content given as a list of text parts becomes
-one string; `usage` that is not non-negative integers is dropped (the call is
-then metered by estimate, never told negative). Unknown fields are kept: the
-passthrough relays them. Why not pydantic or msgspec models: both cost more CPU
-per reply than these checks (bench numbers in the module's tests' docstring) and
-would copy every reply into objects that we would have to turn back into dicts.
+msgspec does both halves: `decode` parses JSON 3-6x faster than `json.loads`,
+and `convert` checks the parsed dict against the small typed shape below (what
+our code reads, nothing more) for ~1 us a choice, with an error that names the
+path at fault (`$.choices[0].message.content`). Together they cost less CPU than
+`json.loads` alone did (numbers in the branch report). The dicts themselves are
+kept (unknown fields included, for the passthrough relay); the typed copy only
+tells whether they are sound, and what has one safe reading is repaired in
+place: content given as text parts becomes one string; `usage` whose counts are
+not non-negative integers is dropped, so the call is metered by estimate and
+never told negative.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from itsproxy.proxy.upstream.backends.base import UpstreamProtocolError
 
-USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+Count = Annotated[int, msgspec.Meta(ge=0)]  # bool, float, str and negatives all fail
+_json = msgspec.json.Decoder()
 
 
-def count(value: Any) -> bool:
-    """A token count: a non-negative int (bool is not one)."""
-    return type(value) is int and value >= 0
+def decode_json(raw: bytes | str) -> Any:
+    """JSON text to Python values (NaN and Infinity are refused: they are not JSON)."""
+    return _json.decode(raw)
+
+
+class _TextPart(msgspec.Struct):
+    text: str
+
+
+class _Function(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCall(msgspec.Struct):
+    function: _Function | None = None
+
+
+class _Message(msgspec.Struct):
+    content: str | list[_TextPart] | None = None
+    tool_calls: list[_ToolCall] | None = None
+    refusal: str | None = None
+
+
+class _Logprobs(msgspec.Struct):
+    content: list[dict[str, Any]] | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message
+    index: Count | None = None
+    finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
+
+
+class _DeltaChoice(msgspec.Struct):
+    delta: _Message | None = None
+    index: Count | None = None
+    finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
+
+
+class _Completion(msgspec.Struct):
+    choices: list[_Choice]
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_DeltaChoice] | None = None
+
+
+class _Details(msgspec.Struct):
+    cached_tokens: Count = 0
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: Count
+    completion_tokens: Count = 0
+    total_tokens: Count | None = None
+    prompt_tokens_details: _Details | None = None
 
 
 def clean_usage(usage: Any) -> dict[str, Any] | None:
     """The usage object if its counts are non-negative integers, else None (= missing: estimate)."""
-    if not isinstance(usage, dict):
+    try:
+        msgspec.convert(usage, _Usage)
+    except msgspec.ValidationError:
         return None
-    if not count(usage.get("prompt_tokens")) or not count(usage.get("completion_tokens", 0)):
-        return None
-    if "total_tokens" in usage and not count(usage["total_tokens"]):
-        return None
-    details = usage.get("prompt_tokens_details")
-    if details is not None and not (isinstance(details, dict) and count(details.get("cached_tokens", 0))):
-        usage = {k: v for k, v in usage.items() if k != "prompt_tokens_details"}
     return usage
 
 
@@ -47,48 +104,20 @@ def _usage_in_place(payload: dict[str, Any]) -> dict[str, Any] | None:
     usage = clean_usage(payload["usage"])
     if usage is None:
         del payload["usage"]
-    else:
-        payload["usage"] = usage
     return usage
 
 
-def _text(value: Any, where: str, usage: dict[str, Any] | None) -> str | None:
-    """Message content: a string, null, or a list of text parts (joined)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        texts = [p.get("text") for p in value if isinstance(p, dict)]
-        if len(texts) == len(value) and all(isinstance(t, str) for t in texts):
-            return "".join(texts)
-    raise UpstreamProtocolError(f"upstream {where} content is a {type(value).__name__}, not text", usage=usage)
+def _typed(payload: dict[str, Any], shape: type, usage: dict[str, Any] | None) -> Any:
+    try:
+        return msgspec.convert(payload, shape)
+    except msgspec.ValidationError as exc:
+        raise UpstreamProtocolError(f"upstream reply is malformed: {exc}", usage=usage) from None
 
 
-def _tool_calls(value: Any, where: str, usage: dict[str, Any] | None) -> None:
-    if value is None:
-        return
-    if not isinstance(value, list) or not all(isinstance(tc, dict) for tc in value):
-        raise UpstreamProtocolError(f"upstream {where} tool_calls is not a list of objects", usage=usage)
-    for tc in value:
-        fn = tc.get("function")
-        if fn is not None and not isinstance(fn, dict):
-            raise UpstreamProtocolError(f"upstream {where} tool call function is not an object", usage=usage)
-
-
-def _choices(payload: dict[str, Any], usage: dict[str, Any] | None) -> list[dict[str, Any]]:
-    choices = payload.get("choices")
-    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
-        raise UpstreamProtocolError("upstream reply's choices is not a list of objects", usage=usage)
-    for i, c in enumerate(choices):
-        index = c.setdefault("index", i)
-        if type(index) is not int or index < 0:
-            raise UpstreamProtocolError("upstream choice index is not a non-negative integer", usage=usage)
-        reason = c.get("finish_reason")
-        if reason is not None and not isinstance(reason, str):
-            raise UpstreamProtocolError("upstream finish_reason is not a string", usage=usage)
-        lp = c.get("logprobs")
-        if lp is not None and not isinstance(lp, dict):
-            raise UpstreamProtocolError("upstream logprobs is not an object", usage=usage)
-    return choices
+def _repair(raw: dict[str, Any], typed: _Message) -> None:
+    """Text parts joined into one string, the only content shape downstream reads."""
+    if isinstance(typed.content, list):
+        raw["content"] = "".join(p.text for p in typed.content)
 
 
 def check_completion(payload: Any) -> dict[str, Any]:
@@ -96,13 +125,11 @@ def check_completion(payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise UpstreamProtocolError("upstream sent a response that is not a chat completion")
     usage = _usage_in_place(payload)
-    for c in _choices(payload, usage):
-        m = c.get("message")
-        if not isinstance(m, dict):
-            raise UpstreamProtocolError("upstream choice has no message object", usage=usage)
-        if "content" in m:
-            m["content"] = _text(m["content"], "message", usage)
-        _tool_calls(m.get("tool_calls"), "message", usage)
+    typed = _typed(payload, _Completion, usage)
+    for i, (raw, c) in enumerate(zip(payload["choices"], typed.choices)):
+        if c.index is None:
+            raw["index"] = i
+        _repair(raw["message"], c.message)
     return payload
 
 
@@ -111,17 +138,17 @@ def check_chunk(chunk: Any) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         raise UpstreamProtocolError("upstream stream chunk is not a JSON object")
     usage = _usage_in_place(chunk)
-    if chunk.get("choices") is None:  # a usage-only chunk may say `choices: null` or nothing
+    typed = _typed(chunk, _Chunk, usage)
+    if typed.choices is None:  # a usage-only chunk may say `choices: null` or nothing
         chunk["choices"] = []
-    for c in _choices(chunk, usage):
-        d = c.get("delta")
-        if d is None:
-            c["delta"] = d = {}
-        if not isinstance(d, dict):
-            raise UpstreamProtocolError("upstream stream choice's delta is not an object", usage=usage)
-        if "content" in d:
-            d["content"] = _text(d["content"], "delta", usage)
-        _tool_calls(d.get("tool_calls"), "delta", usage)
+        return chunk
+    for raw, c in zip(chunk["choices"], typed.choices):
+        if c.index is None:
+            raw["index"] = 0
+        if c.delta is None:
+            raw["delta"] = {}
+        else:
+            _repair(raw["delta"], c.delta)
     return chunk
 
 

@@ -10,16 +10,16 @@ at 32-256 concurrent calls against ~0.15 ms for aiohttp (bench/README.md).
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import aiohttp
 import certifi
+import msgspec
 
 from itsproxy.proxy.config import ModelEntry
 from itsproxy.proxy.upstream.backends.base import UpstreamError, UpstreamProtocolError, error_from_body
-from itsproxy.proxy.upstream.replies import Finishes, check_chunk, check_completion, completion_as_chunks
+from itsproxy.proxy.upstream.replies import Finishes, check_chunk, check_completion, completion_as_chunks, decode_json
 from itsproxy.proxy.upstream.retry import RetryPolicy, parse_retry_after
 from itsproxy.proxy.upstream.sse_decoder import Event, SSEDecoder
 
@@ -73,7 +73,7 @@ class DirectBackend:
         if entry.params.get("api_key"):
             headers["authorization"] = f"Bearer {entry.params['api_key']}"
         payload = {**body, "model": _upstream_model(entry)}
-        return f"{base}/chat/completions", headers, json.dumps(payload, separators=(",", ":")).encode()
+        return f"{base}/chat/completions", headers, msgspec.json.encode(payload)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], deadline: float | None) -> T:
         """`attempt()` until it succeeds or the retry policy gives up (then its error is raised)."""
@@ -191,10 +191,10 @@ class DirectBackend:
             self._session = None
 
 
-def _json(raw: bytes) -> Any:
+def _json(raw: bytes | str) -> Any:
     try:
-        return json.loads(raw)
-    except ValueError:
+        return decode_json(raw)
+    except msgspec.DecodeError:
         return None
 
 
@@ -210,12 +210,12 @@ def _completion(raw: bytes) -> dict[str, Any]:
 def _chunk(event: Event) -> dict[str, Any] | None:
     """An event's chunk; None for events that carry none (other event types, empty data)."""
     if event.event == "error":
-        raise error_from_body(502, _json(event.data.encode()), f"upstream stream error: {event.data[:200]}")
+        raise error_from_body(502, _json(event.data), f"upstream stream error: {event.data[:200]}")
     if event.event != "message" or not event.data:
         return None
     try:
-        chunk = json.loads(event.data)
-    except ValueError:
+        chunk = decode_json(event.data)
+    except msgspec.DecodeError:
         raise UpstreamProtocolError("upstream sent a stream chunk that is not JSON",
                                     "upstream_malformed_chunk") from None
     if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
