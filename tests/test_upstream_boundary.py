@@ -200,3 +200,47 @@ def test_a_cancelled_call_meters_the_prompt_it_sent(difficult):
     record = run(difficult, body)
     assert record.outcome == "cancelled" and record.estimated and record.prompt_tokens > 0
     assert record.completion_tokens == 0
+
+
+# ---- the same upstream through litellm (server.upstream_client: litellm). What litellm 1.110 cannot
+# see is documented in the branch report: a JSON, error-JSON or HTML answer to a stream request, and
+# object or text-part content in a stream, come out of litellm as an empty stream, not an error.
+
+@pytest.mark.parametrize("mode", ["ok", "crlf", "cr", "bom", "split", "no_done", "multiline"])
+def test_litellm_path_decodes_legal_streams(difficult, mode):
+    got, error, record = run(difficult, lambda up: collect(up, mode), "litellm")
+    assert error is None and text(got) == ANSWER and record.outcome == "ok"
+
+
+@pytest.mark.parametrize("mode", ["truncated", "cut_event", "malformed_chunk", "error_event", "bad_choices",
+                                  "comments"])
+def test_litellm_path_broken_streams_are_502_after_the_good_chunks(difficult, mode):
+    got, error, record = run(difficult, lambda up: collect(up, mode), "litellm")
+    assert isinstance(error, UpstreamProtocolError) and error.status == 502
+    assert record.outcome == "error" and record.estimated and record.prompt_tokens > 0
+    if mode in ("truncated", "cut_event"):
+        assert text(got) == ANSWER
+
+
+@pytest.mark.parametrize("mode", ["bad_choices", "object_content", "usage_str", "usage_list", "html"])
+def test_litellm_path_malformed_replies_are_502_not_retried(difficult, mode):
+    before = difficult[1].hits.get(mode, 0)
+    resp, error, record = run(difficult, lambda up: call(up, mode), "litellm", num_retries=2)
+    assert isinstance(error, UpstreamProtocolError) and error.status == 502
+    assert difficult[1].hits[mode] - before == 1
+    assert record.outcome == "error" and record.estimated
+
+
+def test_litellm_path_negative_usage_is_estimated(difficult):
+    resp, error, record = run(difficult, lambda up: call(up, "usage_negative"), "litellm")
+    assert error is None and "usage" not in resp and record.estimated and record.prompt_tokens > 0
+
+
+def test_litellm_path_retry_after(difficult):
+    before = difficult[1].hits.get("ratelimit", 0)
+    resp, error, record = run(difficult, lambda up: call(up, "ratelimit"), "litellm", num_retries=2)
+    assert error is None and difficult[1].hits["ratelimit"] - before == 2
+    before = difficult[1].hits.get("ratelimit_long", 0)
+    resp, error, record = run(difficult, lambda up: call(up, "ratelimit_long"), "litellm", num_retries=2)
+    assert error.status == 429 and error.retry_after == 120.0
+    assert difficult[1].hits["ratelimit_long"] - before == 1

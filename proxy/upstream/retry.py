@@ -14,7 +14,7 @@ import random
 import time
 from email.utils import parsedate_to_datetime
 
-from itsproxy.proxy.upstream.backends.base import UpstreamError
+from itsproxy.proxy.upstream.backends.base import UpstreamError, UpstreamProtocolError
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -37,7 +37,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def retryable(exc: UpstreamError) -> bool:
     """Worth another try: no answer at all (connect failure, timeout) or a transient status.
-    A malformed 200 is not: the same upstream would most likely answer the same way."""
+    A malformed 200 is not: the upstream has billed it, and would most likely answer the same way."""
+    if isinstance(exc, UpstreamProtocolError):
+        return False
     return exc.status is None or exc.status in RETRY_STATUS
 
 

@@ -28,11 +28,19 @@ def _retry_after(exc: Exception) -> float | None:
         return None
 
 
+# What litellm says (as a 500 of its own) when a 200 reply did not parse as a chat completion.
+_MALFORMED = ("Invalid response object", "Empty or invalid response")
+
+
 def _error(exc: Exception) -> UpstreamError:
     status = getattr(exc, "status_code", None)
-    message = str(getattr(exc, "message", None) or exc)
+    # litellm's messages can carry a traceback and the whole upstream reply: the first line says enough.
+    message = str(getattr(exc, "message", None) or exc).strip().split("\n", 1)[0]
+    message = message.split(" Traceback (most recent call last)", 1)[0][:500]
     if not isinstance(status, int):
         status = None
+    if any(m in message for m in _MALFORMED):
+        return UpstreamProtocolError(f"upstream reply is malformed: {message}")
     if "Timeout" in type(exc).__name__:
         return UpstreamError(f"upstream timed out: {message}")
     if status is not None and status >= 500 and "Connection" in type(exc).__name__:
@@ -84,8 +92,9 @@ class LitellmBackend:
                 yield chunk
         except UpstreamError:
             raise
-        except Exception as exc:  # noqa: BLE001
-            raise _error(exc) from None
+        except Exception as exc:  # noqa: BLE001 - the stream was open (a 200): whatever broke it is a 502
+            raise UpstreamProtocolError(f"upstream stream failed: {_error(exc).message}",
+                                        "upstream_stream_error") from None
         finishes.check_ended()  # litellm hides [DONE]: a finish_reason per choice is the only sign of an end
 
     async def aclose(self) -> None:
