@@ -8,7 +8,8 @@ msgspec does both halves: `decode` parses JSON 3-6x faster than `json.loads`,
 and `convert` checks the parsed dict against the small typed shape below (what
 our code reads, nothing more) for ~1 us a choice, with an error that names the
 path at fault (`$.choices[0].message.content`). Together they cost less CPU than
-`json.loads` alone did (numbers in the branch report). The dicts themselves are
+`json.loads` alone did (a 4-choice reply: ~6 us decode + ~3-5 us check against
+~18 us for json.loads; a chunk: ~1 + ~1-2 us against ~6 us). The dicts themselves are
 kept (unknown fields included, for the passthrough relay); the typed copy only
 tells whether they are sound, and what has one safe reading is repaired in
 place: content given as text parts becomes one string; `usage` whose counts are

@@ -1,9 +1,9 @@
 """When to try an upstream call again, and how long to wait first.
 
 A small loop rather than tenacity or stamina: tenacity's AsyncRetrying costs
-~24 us of CPU on every call that succeeds at once (against ~0.3 us for a loop;
-/tmp benchmark in the branch report), a sixth of the lean path's whole per-call
-cost, and the policy is a few lines: exponential backoff with full jitter, or
+~24 us of CPU on every call that succeeds at once (against ~0.3 us for this
+loop; tenacity 9.2, measured with AsyncRetrying around a no-op), a sixth of the
+lean path's whole per-call cost, and the policy is a few lines: exponential backoff with full jitter, or
 the upstream's own `Retry-After` (delta-seconds or an HTTP date) when it sent
 one, never past the request's deadline.
 """

@@ -172,7 +172,9 @@ class DirectBackend:
             if chunk is not None:
                 finishes.add(chunk)
                 yield chunk
-        finishes.check_ended()  # no [DONE] is fine when every choice finished; anything else was cut
+        # No [DONE] is fine when every choice finished: llama.cpp's server before its PR #9459 (2024-09)
+        # and ik_llama.cpp end so. Anything else was cut.
+        finishes.check_ended()
 
     async def _events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[Event]:
         decoder = SSEDecoder(max_line_bytes=self.max_body_bytes)
