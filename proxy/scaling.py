@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -26,7 +27,7 @@ from itsproxy.proxy.http.sse import KEEPALIVE, EventStream, client_gone
 from itsproxy.proxy.metering.ledger import Ledger
 from itsproxy.proxy.outcome import Outcome, new_id, passthrough_headers, passthrough_its
 from itsproxy.proxy.runtime import Exchange, Services
-from itsproxy.proxy.upstream.backends.base import UpstreamBusy, UpstreamError
+from itsproxy.proxy.upstream.backends.base import UpstreamBusy, UpstreamError, UpstreamProtocolError
 from itsproxy.strategies.pipeline import NotEnoughCandidates, RunContext, Unverified
 
 T = TypeVar("T")
@@ -103,16 +104,22 @@ def upstream_failure(errors: list[BaseException], redactor: Redactor, *, passthr
 
 def _upstream_failure(errors: list[BaseException], passthrough: bool) -> ApiError:
     ups = [e for e in errors if isinstance(e, UpstreamError)]
-    rejected = next((e for e in ups if e.rejected and not e.about_n), None)
+    # A refused `n` on a scaling route is ours to handle (we fan out); on passthrough it was the client's n.
+    rejected = next((e for e in ups if e.rejected and (passthrough or not e.about_n)), None)
     if rejected is not None:  # the upstream refused the request itself: its status and message
         return ApiError(rejected.status or 400, rejected.message, param=rejected.param,
-                        code=rejected.code if isinstance(rejected.code, str) else "upstream_rejected")
+                        code=rejected.code or "upstream_rejected")
     if ups and all(isinstance(e, UpstreamBusy) for e in ups):
-        return ApiError(503, ups[0].message, code="proxy_busy", retry=True)
-    if any(e.status == 429 for e in ups):
-        return ApiError(429, "the upstream is rate limiting", code="upstream_rate_limited", retry=passthrough)
+        return ApiError(503, ups[0].message, code="proxy_busy", retry=True, headers={"retry-after": "1"})
+    limited = [e for e in ups if e.status == 429]
+    if limited:
+        waits = [e.retry_after for e in limited if e.retry_after is not None]
+        headers = {"retry-after": str(math.ceil(min(waits)))} if waits else None
+        return ApiError(429, "the upstream is rate limiting", code=limited[0].code or "upstream_rate_limited",
+                        retry=passthrough, headers=headers)
     detail = ups[-1].message if ups else "no candidate could be drawn"
-    return ApiError(502, f"upstream failed: {detail}", code="upstream_error", retry=passthrough)
+    code = ups[-1].code if ups and isinstance(ups[-1], UpstreamProtocolError) else "upstream_error"
+    return ApiError(502, f"upstream failed: {detail}", code=code, retry=passthrough)
 
 
 def deadline_error(route: Route) -> ApiError:
@@ -157,7 +164,7 @@ class Scaling:
                 handed_over = True
                 return response
             if route.passthrough:
-                return await guarded(request, self._forward(surface, call, ex), deadline, route)
+                return await guarded(request, self._forward(surface, call, ex, deadline), deadline, route)
             ex.outcome = await guarded(request, self._run(call, ex, deadline), deadline, route)
             return JSONResponse(surface.render(ex.outcome), headers=ex.outcome.headers())
         except ApiError as err:
@@ -170,9 +177,9 @@ class Scaling:
             if not handed_over:
                 await ex.settle()
 
-    async def _forward(self, surface: Surface, call: Call, ex: Exchange) -> JSONResponse:
+    async def _forward(self, surface: Surface, call: Call, ex: Exchange, deadline: float) -> JSONResponse:
         route, ledger = self._route(ex), ex.ledger
-        sampler = self.s.upstream.bind(ledger)
+        sampler = self.s.upstream.bind(ledger, deadline)
         try:
             resp, record = await sampler.call(sampler.entry(route.target), surface.upstream_body(call), "generate")
         except UpstreamError as exc:
@@ -187,7 +194,7 @@ class Scaling:
 
     # -- scaling routes ---------------------------------------------------------------------------
 
-    def _context(self, call: Call, route: Route, ledger: Ledger) -> RunContext:
+    def _context(self, call: Call, route: Route, ledger: Ledger, deadline: float | None = None) -> RunContext:
         pipeline = route.pipeline
         assert pipeline is not None
         n = call.its.get("n", pipeline.generate.n)
@@ -199,13 +206,13 @@ class Scaling:
         # The route's temperature wins over the client's; without one, the client's stands.
         if pipeline.generate.temperature is not None or any(m.temperature is not None for m in pipeline.generate.pool):
             params.pop("temperature", None)
-        return RunContext(messages=call.messages, params=params, sampler=self.s.upstream.bind(ledger), n=n,
+        return RunContext(messages=call.messages, params=params, sampler=self.s.upstream.bind(ledger, deadline), n=n,
                           route=route.name, seed=seed, services=self.s, ledger=ledger,
                           max_extra_tokens=route.limits.max_extra_tokens, max_cost_usd=route.limits.max_cost_usd)
 
     async def _run(self, call: Call, ex: Exchange, deadline: float) -> Outcome:
         route = self._route(ex)
-        ctx = self._context(call, route, ex.ledger)
+        ctx = self._context(call, route, ex.ledger, deadline)
         assert route.pipeline is not None
         try:
             async with asyncio.timeout_at(deadline):
@@ -275,7 +282,7 @@ class Scaling:
         own status), watching the client and the deadline from the first moment."""
         route = self._route(ex)
         body = {**surface.upstream_body(call), "stream_options": {"include_usage": True}}  # always meter
-        chunks = self.s.upstream.bind(ex.ledger).stream(route.target, body)
+        chunks = self.s.upstream.bind(ex.ledger, deadline).stream(route.target, body)
         try:
             first = await guarded(request, _first(chunks), deadline, route)
         except UpstreamError as exc:

@@ -17,6 +17,7 @@ class ServerConfig:
     max_upstream_concurrency: int = 256
     upstream_queue_timeout_s: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024
+    max_upstream_body_bytes: int = 32 * 1024 * 1024  # an upstream reply (or one stream line) past this: 502
     upstream_timeout_s: float = 600.0
     num_retries: int = 0
     drop_params: bool = False  # drop parameters an upstream does not take instead of passing them on
@@ -44,6 +45,8 @@ def parse_server(raw: Any) -> ServerConfig:
             default=d.upstream_queue_timeout_s, exclusive_min=True) or d.upstream_queue_timeout_s,
         max_body_bytes=integer(raw.get("max_body_bytes"), "server.max_body_bytes",
                                default=d.max_body_bytes, minimum=1) or d.max_body_bytes,
+        max_upstream_body_bytes=integer(raw.get("max_upstream_body_bytes"), "server.max_upstream_body_bytes",
+                                        default=d.max_upstream_body_bytes, minimum=1024) or d.max_upstream_body_bytes,
         upstream_timeout_s=number(raw.get("upstream_timeout_s"), "server.upstream_timeout_s",
                                   default=d.upstream_timeout_s, exclusive_min=True) or d.upstream_timeout_s,
         num_retries=integer(raw.get("num_retries"), "server.num_retries", default=0) or 0,

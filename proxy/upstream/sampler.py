@@ -16,9 +16,11 @@ import time
 from typing import Any, AsyncIterator
 
 from itsproxy.proxy.config import Config, Deployment, ModelEntry
-from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, UpstreamError, retryable
+from itsproxy.proxy.upstream.backends.base import (Backend, UpstreamBusy, UpstreamError, UpstreamProtocolError,
+                                                   retryable)
 from itsproxy.proxy.upstream.backends.direct import DirectBackend, direct_capable
 from itsproxy.proxy.upstream.deployments import Balancer, Lease, NoDeployment
+from itsproxy.proxy.upstream.retry import RetryPolicy
 from itsproxy.proxy.metering.ledger import CallRecord, Ledger
 from itsproxy.proxy.metering.pricing import Prices, prices_for
 from itsproxy.proxy.upstream.stream_tally import ChoiceTally, StreamedMessage
@@ -33,7 +35,8 @@ class Upstream:
         self.models = config.models
         server = config.server
         self.direct = DirectBackend(max_connections=max(64, server.max_upstream_concurrency),
-                                    num_retries=server.num_retries)
+                                    retry=RetryPolicy(server.num_retries),
+                                    max_body_bytes=server.max_upstream_body_bytes)
         self._litellm: Backend | None = None
         deployments = [d for m in self.models.values() for d in m.deployments]
         if server.upstream_client == "litellm" or not all(direct_capable(d) for d in deployments):
@@ -52,7 +55,7 @@ class Upstream:
     def _make_litellm(self) -> Backend:
         from itsproxy.proxy.upstream.backends.via_litellm import LitellmBackend
 
-        return LitellmBackend(self.config.server.num_retries)
+        return LitellmBackend(RetryPolicy(self.config.server.num_retries))
 
     def backend(self, target: Deployment) -> Backend:
         if self.config.server.upstream_client == "auto" and direct_capable(target):
@@ -82,10 +85,11 @@ class Upstream:
             if last is not None:
                 raise last from None
             raise UpstreamError(str(exc), 429, code="no_deployment_available",
-                                retry_after_s=exc.retry_after_s) from None
+                                retry_after=exc.retry_after_s) from None
 
-    def bind(self, ledger: Ledger) -> "RequestSampler":
-        return RequestSampler(self, ledger)
+    def bind(self, ledger: Ledger, deadline: float | None = None) -> "RequestSampler":
+        """`deadline` (event-loop time): retries and their Retry-After waits stay within it."""
+        return RequestSampler(self, ledger, deadline)
 
     async def aclose(self) -> None:
         await self.direct.aclose()
@@ -123,9 +127,10 @@ def split_completion(total: int, messages: list[dict[str, Any]]) -> list[int]:
 class RequestSampler:
     """A request's view of the upstream: implements `strategies.types.Sampler`."""
 
-    def __init__(self, upstream: Upstream, ledger: Ledger) -> None:
+    def __init__(self, upstream: Upstream, ledger: Ledger, deadline: float | None = None) -> None:
         self.up = upstream
         self.ledger = ledger
+        self.deadline = deadline
 
     def entry(self, model: str) -> ModelEntry:
         return self.up.entry(model)
@@ -142,6 +147,12 @@ class RequestSampler:
             resp = await self._complete(entry, body)
         except asyncio.CancelledError:
             record.outcome = "cancelled"
+            self._meter_unfinished(record, entry, body, None)  # the upstream has read the prompt
+            raise
+        except UpstreamProtocolError as exc:  # it answered, wrongly: metered as far as the reply tells
+            record.outcome = "error"
+            if exc.answered:
+                self._meter_unfinished(record, entry, body, exc.usage)
             raise
         except UpstreamError:
             record.outcome = "error"
@@ -159,7 +170,7 @@ class RequestSampler:
             lease = self.up.lease(entry, body, tried, last)
             target = lease.deployment
             try:
-                resp = await self.up.backend(target).complete(target, body, self.timeout())
+                resp = await self.up.backend(target).complete(target, body, self.timeout(), self.deadline)
             except UpstreamError as exc:
                 lease.done(failed=retryable(exc), rate_limited=exc.status == 429)
                 tried.append(target.id)
@@ -174,15 +185,26 @@ class RequestSampler:
             lease.done(tokens=int(usage.get("total_tokens") or 0) if usage else None)
             return resp
 
+    def _meter_unfinished(self, record: CallRecord, entry: ModelEntry, body: dict[str, Any],
+                          usage: dict[str, Any] | None) -> None:
+        """A call with no usable answer: the reply's own usage if it had a valid one, else the prompt's
+        estimate (completion unknown), flagged estimated either way."""
+        if usage is not None:
+            record.prompt_tokens = usage["prompt_tokens"]
+            record.completion_tokens = usage.get("completion_tokens", 0)
+        else:
+            record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
+        record.estimated = True
+        record.cost_usd = self.up.price(entry).cost(record.prompt_tokens, record.completion_tokens, 0)
+
     def _meter(self, record: CallRecord, entry: ModelEntry, body: dict[str, Any], resp: dict[str, Any]) -> None:
-        usage = resp.get("usage") or None
-        messages = [c.get("message") or {} for c in resp.get("choices") or []]
+        usage = resp.get("usage")  # checked at the boundary (replies.py): valid counts, or absent
+        messages = [c["message"] for c in resp["choices"]]
         record.choices = len(messages)
-        if usage and usage.get("prompt_tokens") is not None:
-            record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            record.completion_tokens = int(usage.get("completion_tokens") or 0)
-            details = usage.get("prompt_tokens_details") or {}
-            record.cached_tokens = int(details.get("cached_tokens") or 0)
+        if usage:
+            record.prompt_tokens = usage["prompt_tokens"]
+            record.completion_tokens = usage.get("completion_tokens", 0)
+            record.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
         else:  # the upstream gave no usage: count it ourselves, and say so
             record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
             record.completion_tokens = sum(count_message(m) for m in messages)
@@ -313,6 +335,10 @@ class RequestSampler:
         except (asyncio.CancelledError, GeneratorExit):
             record.outcome = "cancelled"
             raise
+        except UpstreamProtocolError as exc:
+            record.outcome = "error"
+            answered = answered or exc.answered
+            raise
         except UpstreamError:
             record.outcome = "error"
             raise
@@ -329,7 +355,7 @@ class RequestSampler:
             lease = self.up.lease(entry, body, tried, last)
             target, started, tokens = lease.deployment, False, None
             try:
-                async with contextlib.aclosing(self.up.backend(target).stream(target, body, self.timeout())) as up:
+                async with contextlib.aclosing(self.up.backend(target).stream(target, body, self.timeout(), self.deadline)) as up:
                     async for chunk in up:
                         started = True
                         if chunk.get("usage"):
@@ -350,11 +376,11 @@ class RequestSampler:
 
     def _meter_stream(self, record: CallRecord, entry: ModelEntry, body: dict[str, Any],
                       usage: dict[str, Any] | None, messages: list[dict[str, Any]], answered: bool) -> None:
-        if usage and usage.get("prompt_tokens") is not None and record.outcome == "ok":
-            record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            record.completion_tokens = int(usage.get("completion_tokens") or 0)
-            record.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-        elif answered or record.outcome == "ok":
+        if usage and record.outcome == "ok":  # checked at the boundary: valid counts
+            record.prompt_tokens = usage["prompt_tokens"]
+            record.completion_tokens = usage.get("completion_tokens", 0)
+            record.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        elif answered or record.outcome in ("ok", "cancelled"):  # cancelled: the upstream had read the prompt
             record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
             record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True

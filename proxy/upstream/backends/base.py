@@ -20,16 +20,17 @@ RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class UpstreamError(SampleError):
-    """An upstream call failed. `status` is the upstream's HTTP status when it answered."""
+    """An upstream call failed. `status` is the upstream's HTTP status when it answered;
+    `retry_after` (seconds) is what its `Retry-After` header asked for, when it sent one."""
 
     def __init__(self, message: str, status: int | None = None, param: str | None = None,
-                 code: str | None = None, retry_after_s: float | None = None) -> None:
+                 code: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
-        self.param = param
-        self.code = code
-        self.retry_after_s = retry_after_s  # when trying again makes sense (a 429's Retry-After)
+        self.param = param if isinstance(param, str) else None  # providers' fields, typed here once
+        self.code = code if isinstance(code, str) else None
+        self.retry_after = retry_after
 
     @property
     def rejected(self) -> bool:
@@ -49,22 +50,40 @@ def retryable(exc: UpstreamError) -> bool:
     return exc.status is None or exc.status in RETRY_STATUS
 
 
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered (HTTP 2xx), but not with a valid chat completion or event stream:
+    a malformed reply or chunk, a non-SSE answer to a stream request, a truncated stream, a
+    body over the size cap. Always 502. The upstream has read the prompt, so the call is
+    metered (estimated where the reply gives no valid `usage`); `usage` is the reply's own
+    usage when that part was valid."""
+
+    def __init__(self, message: str, code: str = "upstream_protocol_error",
+                 usage: dict[str, Any] | None = None, answered: bool = True) -> None:
+        super().__init__(message, 502, code=code)
+        self.usage = usage
+        self.answered = answered  # False: not a model's answer at all (HTML, not JSON): nothing to meter
+
+
 class UpstreamBusy(UpstreamError):
     """The proxy's own cap on concurrent upstream calls stayed full too long."""
 
 
 class Backend(Protocol):
-    async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float) -> dict[str, Any]: ...
+    # `timeout` bounds each phase of one attempt; `deadline` (event-loop time) bounds retries and their waits.
+    async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float,
+                       deadline: float | None = None) -> dict[str, Any]: ...
 
-    def stream(self, entry: Deployment, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]: ...
+    def stream(self, entry: Deployment, body: dict[str, Any], timeout: float,
+               deadline: float | None = None) -> AsyncIterator[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
 
 
-def error_from_body(status: int, payload: Any, fallback: str) -> UpstreamError:
+def error_from_body(status: int, payload: Any, fallback: str, retry_after: float | None = None) -> UpstreamError:
     err = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(err, dict):
-        return UpstreamError(str(err.get("message") or fallback), status, err.get("param"), err.get("code"))
+        return UpstreamError(str(err.get("message") or fallback), status, err.get("param"), err.get("code"),
+                             retry_after)
     if isinstance(err, str):
-        return UpstreamError(err, status)
-    return UpstreamError(fallback, status)
+        return UpstreamError(err, status, retry_after=retry_after)
+    return UpstreamError(fallback, status, retry_after=retry_after)

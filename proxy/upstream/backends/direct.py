@@ -10,15 +10,21 @@ at 32-256 concurrent calls against ~0.15 ms for aiohttp (bench/README.md).
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import aiohttp
 import certifi
+import msgspec
 
-from itsproxy.proxy.upstream.backends.base import UpstreamError, error_from_body, retryable
 from itsproxy.proxy.config import Deployment
+from itsproxy.proxy.upstream.backends.base import UpstreamError, UpstreamProtocolError, error_from_body
+from itsproxy.proxy.upstream.replies import Finishes, check_chunk, check_completion, completion_as_chunks, decode_json
+from itsproxy.proxy.upstream.retry import RetryPolicy, parse_retry_after
+from itsproxy.proxy.upstream.sse_decoder import Event, SSEDecoder
+
+T = TypeVar("T")
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
 
 OPENAI_BASE = "https://api.openai.com/v1"
 # litellm_params the direct path understands; anything else goes through litellm.
@@ -35,11 +41,13 @@ def _upstream_model(entry: Deployment) -> str:
     return entry.model.split("/", 1)[1] if "/" in entry.model else entry.model
 
 
+
 class DirectBackend:
-    def __init__(self, max_connections: int = 512, num_retries: int = 0, backoff_s: float = 0.25) -> None:
+    def __init__(self, max_connections: int = 512, retry: RetryPolicy | None = None,
+                 max_body_bytes: int = DEFAULT_MAX_BODY) -> None:
         self.max_connections = max_connections
-        self.num_retries = num_retries  # as litellm's num_retries: extra attempts, with backoff
-        self.backoff_s = backoff_s
+        self.retry = retry or RetryPolicy()
+        self.max_body_bytes = max_body_bytes  # a reply (or one stream line) larger than this is refused
         self.ssl = ssl.create_default_context(cafile=certifi.where())  # the CA bundle httpx used
         self._session: aiohttp.ClientSession | None = None  # made in the serving loop, on first use
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
@@ -65,67 +73,119 @@ class DirectBackend:
         if entry.params.get("api_key"):
             headers["authorization"] = f"Bearer {entry.params['api_key']}"
         payload = {**body, "model": _upstream_model(entry)}
-        return f"{base}/chat/completions", headers, json.dumps(payload, separators=(",", ":")).encode()
+        return f"{base}/chat/completions", headers, msgspec.json.encode(payload)
 
-    def _post(self, url: str, headers: dict[str, str], content: bytes, timeout: float):
-        return self.session.post(url, headers=headers, data=content, timeout=self._timeout(timeout),
-                                 allow_redirects=False)
-
-    async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        url, headers, content = self._request(entry, body)
-        for attempt in range(self.num_retries + 1):
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], deadline: float | None) -> T:
+        """`attempt()` until it succeeds or the retry policy gives up (then its error is raised)."""
+        tries = 0
+        while True:
             try:
-                return await self._complete_once(url, headers, content, timeout)
+                return await attempt()
             except UpstreamError as exc:
-                if attempt == self.num_retries or not retryable(exc):
+                remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+                delay = self.retry.wait(tries, exc, remaining)
+                if delay is None:
                     raise
-            await asyncio.sleep(self.backoff_s * 2 ** attempt)
-        raise AssertionError("unreachable")
+            await asyncio.sleep(delay)
+            tries += 1
+
+    async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float,
+                       deadline: float | None = None) -> dict[str, Any]:
+        url, headers, content = self._request(entry, body)
+        return await self._retrying(lambda: self._complete_once(url, headers, content, timeout), deadline)
 
     async def _complete_once(self, url: str, headers: dict[str, str], content: bytes,
                              timeout: float) -> dict[str, Any]:
+        resp = await self._open(url, headers, content, timeout)
         try:
-            async with self._post(url, headers, content, timeout) as resp:
-                status, raw = resp.status, await resp.read()
+            raw = await self._read(resp)
         except asyncio.TimeoutError:  # aiohttp's timeouts subclass it
             raise UpstreamError(f"upstream timed out after {timeout:.1f}s") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}") from None
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = None
-        if status >= 400:
-            raise error_from_body(status, payload, f"upstream answered HTTP {status}")
-        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
-            raise UpstreamError("upstream sent a response that is not a chat completion", 502)
-        return payload
+            raise UpstreamError(f"upstream connection failed: {type(exc).__name__}") from None
+        finally:
+            resp.release()
+        return _completion(raw)
 
-    async def stream(self, entry: Deployment, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, entry: Deployment, body: dict[str, Any], timeout: float,
+                     deadline: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Validated chunks. Errors before the first chunk are retried like `complete`'s; after it,
+        a malformed chunk or a stream cut before its end raises, once the good chunks are out."""
         url, headers, content = self._request(entry, {**body, "stream": True})
+        resp = await self._retrying(lambda: self._open(url, headers, content, timeout), deadline)
         try:
-            async with self._post(url, headers, content, timeout) as resp:
-                if resp.status >= 400:
-                    raw = await resp.read()
-                    try:
-                        payload = json.loads(raw)
-                    except ValueError:
-                        payload = None
-                    raise error_from_body(resp.status, payload, f"upstream answered HTTP {resp.status}")
-                async for line in _lines(resp.content):
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    chunk = json.loads(data)
-                    if isinstance(chunk, dict) and "error" in chunk:
-                        raise error_from_body(502, chunk, "upstream stream error")
-                    yield chunk
+            async for chunk in self._chunks(resp):
+                yield chunk
+        except asyncio.TimeoutError:
+            raise UpstreamError(f"upstream stream stalled for {timeout:.1f}s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream stream broke off: {type(exc).__name__}") from None
+        finally:
+            resp.release()  # a stream left part-read is closed, not pooled
+
+    async def _open(self, url: str, headers: dict[str, str], content: bytes,
+                    timeout: float) -> aiohttp.ClientResponse:
+        """POST, and return the response once its status is a success (else raise the upstream's error)."""
+        try:
+            resp = await self.session.post(url, headers=headers, data=content, timeout=self._timeout(timeout),
+                                           allow_redirects=False)
+            if resp.status < 400:
+                return resp
+            try:
+                raw = await self._read(resp)
+            finally:
+                resp.release()
         except asyncio.TimeoutError:
             raise UpstreamError(f"upstream timed out after {timeout:.1f}s") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}") from None
+        raise error_from_body(resp.status, _json(raw), f"upstream answered HTTP {resp.status}",
+                              parse_retry_after(resp.headers.get("retry-after")))
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The whole body, refused past `max_body_bytes` (declared or actual) without buffering more."""
+        cap = self.max_body_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            raise _too_large(cap)
+        parts, size = [], 0
+        async for data in resp.content.iter_any():
+            size += len(data)
+            if size > cap:
+                raise _too_large(cap)
+            parts.append(data)
+        return b"".join(parts)
+
+    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+        kind = (resp.headers.get("content-type") or "text/event-stream").split(";")[0].strip().lower()
+        if kind == "application/json":  # a whole completion instead of a stream: told as its chunks
+            for chunk in completion_as_chunks(_completion(await self._read(resp))):
+                yield chunk
+            return
+        if kind != "text/event-stream":
+            raise UpstreamProtocolError(f"upstream answered a stream request with {kind}", "upstream_not_sse",
+                                        answered=False)
+        finishes = Finishes()
+        async for event in self._events(resp):
+            if event.data == "[DONE]":
+                return
+            chunk = _chunk(event)
+            if chunk is not None:
+                finishes.add(chunk)
+                yield chunk
+        # No [DONE] is fine when every choice finished: llama.cpp's server before its PR #9459 (2024-09)
+        # and ik_llama.cpp end so. Anything else was cut.
+        finishes.check_ended()
+
+    async def _events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[Event]:
+        decoder = SSEDecoder(max_line_bytes=self.max_body_bytes)
+        try:
+            async for data in resp.content.iter_any():
+                for event in decoder.feed(data):
+                    yield event
+            for event in decoder.close():
+                yield event
+        except ValueError as exc:  # a line over the cap
+            raise UpstreamProtocolError(f"upstream stream: {exc}", "upstream_body_too_large") from None
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -133,15 +193,38 @@ class DirectBackend:
             self._session = None
 
 
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """The body's lines (\n or \r\n), decoded; no line-length limit (a big SSE event is one line)."""
-    pending = b""
-    async for data in content.iter_any():
-        if b"\n" not in data:
-            pending += data
-            continue
-        *lines, pending = (pending + data).split(b"\n")
-        for line in lines:
-            yield line.rstrip(b"\r").decode("utf-8", "replace")
-    if pending:
-        yield pending.rstrip(b"\r").decode("utf-8", "replace")
+def _json(raw: bytes | str) -> Any:
+    try:
+        return decode_json(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def _completion(raw: bytes) -> dict[str, Any]:
+    payload = _json(raw)
+    if not isinstance(payload, dict):
+        raise UpstreamProtocolError("upstream sent a response that is not a JSON object", answered=False)
+    if "error" in payload and "choices" not in payload:  # an error told with status 200
+        raise error_from_body(502, payload, "upstream error")
+    return check_completion(payload)
+
+
+def _chunk(event: Event) -> dict[str, Any] | None:
+    """An event's chunk; None for events that carry none (other event types, empty data)."""
+    if event.event == "error":
+        raise error_from_body(502, _json(event.data), f"upstream stream error: {event.data[:200]}")
+    if event.event != "message" or not event.data:
+        return None
+    try:
+        chunk = decode_json(event.data)
+    except msgspec.DecodeError:
+        raise UpstreamProtocolError("upstream sent a stream chunk that is not JSON",
+                                    "upstream_malformed_chunk") from None
+    if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
+        raise error_from_body(502, chunk, "upstream stream error")
+    return check_chunk(chunk)
+
+
+def _too_large(cap: int) -> UpstreamProtocolError:
+    return UpstreamProtocolError(f"upstream reply exceeds the {cap}-byte cap (server.max_upstream_body_bytes)",
+                                 "upstream_body_too_large", answered=False)

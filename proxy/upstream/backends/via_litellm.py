@@ -1,56 +1,101 @@
-"""The general path: litellm.acompletion, for every provider it knows."""
+"""The general path: litellm.acompletion, for every provider it knows.
+
+Its replies pass the same boundary checks as the lean path's (replies.py), and
+retries follow the same policy (retry.py: Retry-After, jitter, the deadline):
+litellm is called with `num_retries=0` so that only one loop decides.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncIterator
 
-from itsproxy.proxy.upstream.backends.base import UpstreamError
 from itsproxy.proxy.config import Deployment
+from itsproxy.proxy.upstream.backends.base import UpstreamError, UpstreamProtocolError
 from itsproxy.proxy.upstream.litellm_loader import litellm
+from itsproxy.proxy.upstream.replies import Finishes, check_chunk, check_completion
+from itsproxy.proxy.upstream.retry import RetryPolicy, parse_retry_after
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)  # litellm's errors carry the provider's httpx.Response
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    try:
+        return parse_retry_after(headers.get("retry-after"))
+    except AttributeError:
+        return None
+
+
+# What litellm says (as a 500 of its own) when a 200 reply did not parse as a chat completion.
+_MALFORMED = ("Invalid response object", "Empty or invalid response")
 
 
 def _error(exc: Exception) -> UpstreamError:
     status = getattr(exc, "status_code", None)
-    message = str(getattr(exc, "message", None) or exc)
+    # litellm's messages can carry a traceback and the whole upstream reply: the first line says enough.
+    message = str(getattr(exc, "message", None) or exc).strip().split("\n", 1)[0]
+    message = message.split(" Traceback (most recent call last)", 1)[0][:500]
     if not isinstance(status, int):
         status = None
+    if any(m in message for m in _MALFORMED):
+        return UpstreamProtocolError(f"upstream reply is malformed: {message}")
     if "Timeout" in type(exc).__name__:
         return UpstreamError(f"upstream timed out: {message}")
     if status is not None and status >= 500 and "Connection" in type(exc).__name__:
         status = None
-    return UpstreamError(message, status, "n" if "'n'" in message else None)
+    return UpstreamError(message, status, "n" if "'n'" in message else None, retry_after=_retry_after(exc))
 
 
-def _dump(obj: Any) -> dict[str, Any]:
-    return obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else dict(obj)
+def _dump(obj: Any) -> Any:
+    return obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else obj
 
 
 class LitellmBackend:
-    def __init__(self, num_retries: int = 0) -> None:
-        self.num_retries = num_retries
+    def __init__(self, retry: RetryPolicy | None = None) -> None:
+        self.retry = retry or RetryPolicy()
         self.lib = litellm()  # at startup, never inside a request
 
     def _kwargs(self, entry: Deployment, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        return {**body, **entry.params, "model": entry.model, "timeout": timeout, "num_retries": self.num_retries}
+        return {**body, **entry.params, "model": entry.model, "timeout": timeout, "num_retries": 0,
+                "max_retries": 0}
 
-    async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _call(self, kwargs: dict[str, Any], deadline: float | None) -> Any:
+        tries = 0
+        while True:
+            try:
+                return await self.lib.acompletion(**kwargs)
+            except UpstreamError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every litellm failure becomes one error type
+                error = _error(exc)
+            remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            delay = self.retry.wait(tries, error, remaining)
+            if delay is None:
+                raise error
+            await asyncio.sleep(delay)
+            tries += 1
+
+    async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float,
+                       deadline: float | None = None) -> dict[str, Any]:
+        return check_completion(_dump(await self._call(self._kwargs(entry, body, timeout), deadline)))
+
+    async def stream(self, entry: Deployment, body: dict[str, Any], timeout: float,
+                     deadline: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        resp = await self._call(self._kwargs(entry, {**body, "stream": True}, timeout), deadline)
+        finishes = Finishes()
         try:
-            resp = await self.lib.acompletion(**self._kwargs(entry, body, timeout))
+            async for raw in resp:
+                chunk = check_chunk(_dump(raw))
+                finishes.add(chunk)
+                yield chunk
         except UpstreamError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every litellm failure becomes one error type
-            raise _error(exc) from None
-        return _dump(resp)
-
-    async def stream(self, entry: Deployment, body: dict[str, Any], timeout: float) -> AsyncIterator[dict[str, Any]]:
-        try:
-            resp = await self.lib.acompletion(**self._kwargs(entry, {**body, "stream": True}, timeout))
-            async for chunk in resp:
-                yield _dump(chunk)
-        except UpstreamError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise _error(exc) from None
+        except Exception as exc:  # noqa: BLE001 - the stream was open (a 200): whatever broke it is a 502
+            raise UpstreamProtocolError(f"upstream stream failed: {_error(exc).message}",
+                                        "upstream_stream_error") from None
+        finishes.check_ended()  # litellm hides [DONE]: a finish_reason per choice is the only sign of an end
 
     async def aclose(self) -> None:
         return None
