@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from . import verifier
 from .config import SimConfig
-from .questions import Question, content_text, find_question, last_number
+from .questions import Question, content_text, find_question, last_number, parse_question
 
 GENERIC_REPLY = "I can only add numbers."
 
@@ -63,6 +64,33 @@ class View:
     prompt_text: str  # lower-cased system + user text, for boosts
     blocks: list[verifier.Block] | None  # verifier request: the candidates
     turns: int
+    fewshot: bool = False  # completions: a prompt ending in "A:" gets a bare answer ("42\n")
+    lead: str = ""  # completions: what the text starts with (a space after a prompt's last word)
+
+
+# A base-model prompt that ends in an answer cue ("A:", "Answer:", "Sum:", "=") is answered like a
+# few-shot example: " 42\n", not a sentence.
+FEWSHOT_CUE = re.compile(r"(?:\b(?:A|Answer|Sum|Result|Total)\s*:|=)[ \t]*\Z", re.IGNORECASE)
+
+
+def _sampling(body: dict[str, Any]) -> tuple[float, int | None]:
+    temperature = body.get("temperature")
+    temperature = 1.0 if temperature is None else float(temperature)
+    seed = body.get("seed")
+    return temperature, (seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
+
+
+def read_prompt(prompt: str, body: dict[str, Any], model: str) -> View:
+    """The view of one completions prompt: the question is the last "What is A + B?" in the
+    text (so a few-shot prompt is read for its final question); ValueError on bad sampling values."""
+    temperature, seed = _sampling(body)
+    lead = "" if not prompt or prompt[-1].isspace() else " "
+    return View(
+        model=model, messages=[{"role": "user", "content": prompt}], question=parse_question(prompt),
+        json_mode=False, tool=None, temperature=temperature, seed=seed, critique=False, avoid=frozenset(),
+        prompt_text=prompt.lower(), blocks=None, turns=0, fewshot=bool(FEWSHOT_CUE.search(prompt)),
+        lead=lead,
+    )
 
 
 def read_request(body: dict[str, Any], model: str) -> View:
@@ -72,10 +100,7 @@ def read_request(body: dict[str, Any], model: str) -> View:
         raise ValueError("'messages' must be a non-empty list of message objects")
     rf = body.get("response_format")
     json_mode = isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema")
-    temperature = body.get("temperature")
-    temperature = 1.0 if temperature is None else float(temperature)
-    seed = body.get("seed")
-    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    temperature, seed = _sampling(body)
 
     blocks = verifier.find_blocks(messages)
     question = find_question(messages, strip=verifier.BLOCK_RE if blocks else None)
@@ -152,6 +177,17 @@ def answer_probability(cfg: SimConfig, view: View) -> tuple[float, int]:
     return p, common
 
 
+def probability_of(cfg: SimConfig, view: View, x: int | float) -> float:
+    """The model's probability of answering `x` to the view's question (for logprobs)."""
+    a, b = view.question
+    p, common = answer_probability(cfg, view)
+    if x == a + b:
+        return p
+    if x == common:
+        return (1 - p) * cfg.common_wrong
+    return (1 - p) * (1 - cfg.common_wrong) / 8
+
+
 def choice_rng(cfg: SimConfig, view: View, index: int, stream: random.Random) -> random.Random:
     tag = f"{view.question}|{view.model}|{view.turns}"
     if view.blocks is not None:
@@ -226,19 +262,16 @@ def _answer(cfg: SimConfig, view: View, rng: random.Random, greedy: bool) -> Cho
     truth = a + b
     p, common = answer_probability(cfg, view)
     x = sample_answer(rng, p, truth, common, cfg.common_wrong, view.avoid, greedy)
-    if x == truth:
-        answer_p = p
-    elif x == common:
-        answer_p = (1 - p) * cfg.common_wrong
-    else:
-        answer_p = (1 - p) * (1 - cfg.common_wrong) / 8
+    answer_p = probability_of(cfg, view, x)
     if view.tool is not None:
         args = json.dumps({"a": a, "b": b, "answer": x}, sort_keys=True, separators=(",", ":"))
         call = {"id": f"call_{rng.getrandbits(96):024x}", "type": "function",
                 "function": {"name": view.tool, "arguments": args}}
         message = {"role": "assistant", "content": None, "tool_calls": [call]}
         return Choice(message, "tool_calls", rng, answer_p=answer_p)
-    if view.json_mode:
+    if view.fewshot:
+        content = f"{x}\n"
+    elif view.json_mode:
         content = json.dumps({"answer": x})
     else:
         content = reply_text(rng, a, b, x, view.critique)

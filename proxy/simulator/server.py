@@ -1,8 +1,10 @@
 """The simulator's HTTP surface (Starlette) and the helpers that serve it.
 
-Endpoints: POST /v1/chat/completions (and /chat/completions), GET /v1/models,
+Endpoints: POST /v1/chat/completions, /v1/completions, /v1/embeddings (each also without
+/v1), GET /v1/models,
 GET /stats, POST /stats/reset, GET|POST /control, POST /reward, POST /classify,
-POST /pooling, GET /health.
+POST /pooling, GET /health. There is no /v1/responses (a 404), as with llama.cpp and most
+OpenAI-compatible servers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from itsproxy.proxy.metering import tokens
 
 from . import model as sim_model
 from . import replies, verifier, wire
+from .completions import completions
+from .embeddings import embeddings
 from .config import SimConfig
 from .questions import content_text
 from .replies import error, gate, json_response, read_json
@@ -170,6 +174,10 @@ def create_app(config: SimConfig | None = None) -> Starlette:
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=post),
         Route("/chat/completions", chat_completions, methods=post),
+        Route("/v1/completions", completions, methods=post),
+        Route("/completions", completions, methods=post),
+        Route("/v1/embeddings", embeddings, methods=post),
+        Route("/embeddings", embeddings, methods=post),
         Route("/v1/models", models, methods=["GET"]),
         Route("/models", models, methods=["GET"]),
         Route("/stats", stats, methods=["GET"]),
