@@ -73,7 +73,7 @@ def _serve(op: Opened) -> Response:
         raise BadParam("best_of", "best_of > 1 is not supported by this model")
     if len(prompts) * draws > MAX_DRAWS:
         raise BadParam("prompt", f"at most {MAX_DRAWS} completions (prompts x best_of) per request")
-    stream = bool(body.get("stream"))
+    stream = op.stream
     if stream and draws > op.n:
         raise BadParam("best_of", "best_of > n cannot be used with stream")
     max_tokens = _optional_int(body, "max_tokens", 0)

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from . import wire
+from . import faults, wire
 from .config import SimConfig
 from .state import SimState
 
@@ -67,9 +67,15 @@ async def gate(st: SimState, request: Request, model: str, cfg: SimConfig) -> Re
     if cfg.latency_ms or cfg.latency_jitter_ms:
         jitter = st.fault_rng.uniform(0, cfg.latency_jitter_ms) if cfg.latency_jitter_ms else 0.0
         await asyncio.sleep((cfg.latency_ms + jitter) / 1000.0)
+    if cfg.refuse or cfg.html_reply:
+        st.stats.add(model, errors=1)
+        return faults.Refused() if cfg.refuse else faults.html_reply()
     if cfg.fail_rate and st.fault_rng.random() < cfg.fail_rate:
         st.stats.add(model, errors=1)
-        return json_response(wire.fault_body(cfg.fail_status), cfg.fail_status)
+        response = json_response(wire.fault_body(cfg.fail_status), cfg.fail_status)
+        if cfg.retry_after_s is not None:
+            response.headers["retry-after"] = str(cfg.retry_after_s)
+        return response
     return None
 
 
@@ -83,6 +89,12 @@ class Opened:
     base: str  # without its options
     cfg: SimConfig
     n: int  # choices to draw (after `max_n`)
+    transport: faults.Transport | None  # for connection faults
+
+    @property
+    def stream(self) -> bool:
+        """A stream was asked for and will be served (`json_to_stream` answers with JSON)."""
+        return bool(self.body.get("stream")) and not self.cfg.json_to_stream
 
 
 async def open_generation(request: Request) -> Opened | Response:
@@ -112,7 +124,7 @@ async def open_generation(request: Request) -> Opened | Response:
     blocked = await gate(st, request, model, cfg)
     if blocked is not None:
         return blocked
-    return Opened(st, body, model, base, cfg, n)
+    return Opened(st, body, model, base, cfg, n, request.scope.get(faults.TRANSPORT))
 
 
 def _count_ok(n: Any) -> bool:
@@ -126,26 +138,39 @@ def include_usage(body: dict[str, Any]) -> bool:
 
 def stream(op: Opened, events: list[Event], n_choices: int, prompt_tokens: int,
            completion_tokens: int) -> Response:
-    gen = _sse(op.st, op.model, events, n_choices, prompt_tokens, completion_tokens, op.cfg.stream_delay_ms)
+    gen = _sse(op, events, n_choices, prompt_tokens, completion_tokens)
     return SSEResponse(gen, media_type="text/event-stream",
                        headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
-async def _sse(st: SimState, model: str, events: list[Event], n_choices: int, prompt_tokens: int,
-               completion_tokens: int, delay_ms: float) -> AsyncIterator[bytes]:
+async def _sse(op: Opened, events: list[Event], n_choices: int, prompt_tokens: int,
+               completion_tokens: int) -> AsyncIterator[bytes]:
+    st, model, cfg = op.st, op.model, op.cfg
+    events = faults.shape_events(cfg, events)
+    if cfg.truncate_stream or cfg.huge_body_mb:
+        completion_tokens = sum(carried for _, carried, _ in events)
     st.stats.add(model, streams=1, choices=n_choices)
-    delay = delay_ms / 1000.0
+    delay = cfg.stream_delay_ms / 1000.0
+    malformed_at = len(events) // 2 if cfg.malformed_chunk else -1
+    reset_at = len(events) // 2 if cfg.reset_mid_body else -1
     sent = 0
     finished = False
     try:
-        for event, carried, is_content in events:
+        for i, (event, carried, is_content) in enumerate(events):
+            if i == reset_at:
+                await faults.reset(op.transport)
+                return
             if is_content and delay:
                 await asyncio.sleep(delay)
-            yield b"data: " + json.dumps(event).encode() + b"\n\n"
+            parts = [faults.MALFORMED] if i == malformed_at else []
+            async for piece in faults.paced(cfg, iter(parts + [faults.frame(cfg, event)])):
+                yield piece
             sent += carried  # resumed: the chunk went out
         st.stats.billed(model, prompt_tokens, completion_tokens)
         finished = True
-        yield b"data: [DONE]\n\n"
+        tail = faults.done(cfg)
+        async for piece in faults.paced(cfg, iter([tail] if tail else [])):
+            yield piece
     finally:
         if not finished:
             st.stats.billed(model, prompt_tokens, sent, streams_cancelled=1,
@@ -154,6 +179,8 @@ async def _sse(st: SimState, model: str, events: list[Event], n_choices: int, pr
 
 def answer(op: Opened, body: dict[str, Any], n_choices: int, prompt_tokens: int,
            completion_tokens: int) -> Response:
-    """A non-stream answer, billed."""
+    """A non-stream answer, billed (as generated: `huge_body_mb` filler included)."""
+    if op.cfg.huge_body_mb:
+        completion_tokens += faults.filler(op.cfg)[1]
     op.st.stats.billed(op.model, prompt_tokens, completion_tokens, choices=n_choices)
-    return json_response(body)
+    return faults.json_body_response(op.cfg, faults.shape_body(op.cfg, body), op.transport)

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from itsproxy.proxy.metering import tokens
 
 from . import model as sim_model
-from . import replies, verifier, wire
+from . import faults, replies, verifier, wire
 from .completions import completions
 from .embeddings import embeddings
 from .config import SimConfig
@@ -51,7 +51,7 @@ async def chat_completions(request: Request) -> Response:
     top_k = min(int(top_k), 20) if isinstance(top_k, int) else 0
     cid, created = wire.new_id(), int(time.time())
 
-    if body.get("stream"):
+    if op.stream:
         events = wire.stream_events(cid, created, model, choices, usage, replies.include_usage(body),
                                     logprobs, top_k)
         return replies.stream(op, events, len(choices), prompt_tokens, completion_tokens)
@@ -169,6 +169,15 @@ async def health(request: Request) -> Response:
     return json_response({"status": "ok"})
 
 
+class SimApp(Starlette):
+    """Starlette that keeps the server's transport in the scope, for connection faults."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            faults.remember_transport(scope, send)
+        await super().__call__(scope, receive, send)
+
+
 def create_app(config: SimConfig | None = None) -> Starlette:
     post = ["POST"]
     routes = [
@@ -189,6 +198,6 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         routes += [Route(f"{prefix}/reward", reward, methods=post),
                    Route(f"{prefix}/classify", classify, methods=post),
                    Route(f"{prefix}/pooling", pooling, methods=post)]
-    app = Starlette(routes=routes)
+    app = SimApp(routes=routes)
     app.state.sim = SimState(config or SimConfig())
     return app

@@ -21,6 +21,7 @@ ALTERNATIVES = (
 FAULTS = {
     429: ("rate_limit_error", "rate_limit_exceeded", "Rate limit reached (simulated)."),
     500: ("server_error", "internal_error", "The server had an error while processing your request (simulated)."),
+    502: ("server_error", "bad_gateway", "Bad gateway (simulated)."),
     503: ("server_error", "service_unavailable", "The server is overloaded (simulated)."),
 }
 
