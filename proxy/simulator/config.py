@@ -37,6 +37,8 @@ class SimConfig:
     judge_fpr: float = 0.2  # P(judge believes correct | wrong)
     judge_garbage: float = 0.0  # share of verifier replies that are unparseable
     reward_noise: float = 0.3  # std of the Gaussian noise on /reward scores
+    step_accuracy: float = 0.85  # step-wise mode: P(a step's result is right)
+    step_signal: float = 0.5  # step-wise mode: how much a step's logprob says about it (0 none, 1 strong)
     # Wire faults (see `faults`): all off by default.
     retry_after_s: int | None = None  # Retry-After header on simulated failures
     refuse: bool = False
@@ -65,7 +67,7 @@ class SimConfig:
             if self.max_n < 1:
                 raise ValueError("max_n must be >= 1")
         for name in ("easy_share", "common_wrong", "critique_gain", "fail_rate",
-                     "judge_tpr", "judge_fpr", "judge_garbage"):
+                     "judge_tpr", "judge_fpr", "judge_garbage", "step_accuracy", "step_signal"):
             value = float(getattr(self, name))
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {value}")
@@ -200,6 +202,8 @@ _HELP = {
     "judge_fpr": "P(judge says correct | wrong)",
     "judge_garbage": "share of unparseable verifier replies",
     "reward_noise": "std of the noise on reward scores",
+    "step_accuracy": "step-wise mode: P(a step is right)",
+    "step_signal": "step-wise mode: how much step logprobs say about correctness (0-1)",
     "retry_after_s": "Retry-After header (seconds) on simulated failures",
     "refuse": "reset the connection without answering",
     "reset_mid_body": "send half the body, then reset the connection",
