@@ -13,7 +13,6 @@ import base64
 import math
 import random
 import struct
-import time
 from typing import Any
 
 from starlette.requests import Request
