@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+BAD_USAGE = ("negative", "string", "list", "missing")
+
+
 @dataclass
 class SimConfig:
     seed: int = 0
@@ -34,6 +37,25 @@ class SimConfig:
     judge_fpr: float = 0.2  # P(judge believes correct | wrong)
     judge_garbage: float = 0.0  # share of verifier replies that are unparseable
     reward_noise: float = 0.3  # std of the Gaussian noise on /reward scores
+    step_accuracy: float = 0.85  # step-wise mode: P(a step's result is right)
+    step_signal: float = 0.5  # step-wise mode: how much a step's logprob says about it (0 none, 1 strong)
+    # Wire faults (see `faults`): all off by default.
+    retry_after_s: int | None = None  # Retry-After header on simulated failures
+    refuse: bool = False
+    reset_mid_body: bool = False
+    truncate_stream: bool = False
+    no_done: bool = False
+    malformed_chunk: bool = False
+    sse_multiline: bool = False
+    sse_comments: bool = False
+    crlf: bool = False
+    json_to_stream: bool = False
+    html_reply: bool = False
+    bad_usage: str | None = None  # negative | string | list | missing
+    bad_choices: bool = False
+    object_content: bool = False
+    trickle_ms: float = 0.0
+    huge_body_mb: float = 0.0
 
     def __post_init__(self) -> None:
         self.accuracy = parse_accuracy(self.accuracy)
@@ -45,12 +67,19 @@ class SimConfig:
             if self.max_n < 1:
                 raise ValueError("max_n must be >= 1")
         for name in ("easy_share", "common_wrong", "critique_gain", "fail_rate",
-                     "judge_tpr", "judge_fpr", "judge_garbage"):
+                     "judge_tpr", "judge_fpr", "judge_garbage", "step_accuracy", "step_signal"):
             value = float(getattr(self, name))
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {value}")
             setattr(self, name, value)
-        for name in ("stream_delay_ms", "latency_ms", "latency_jitter_ms", "reward_noise"):
+        if self.retry_after_s is not None:
+            self.retry_after_s = int(self.retry_after_s)
+            if self.retry_after_s < 0:
+                raise ValueError("retry_after_s must be >= 0")
+        if self.bad_usage is not None and self.bad_usage not in BAD_USAGE:
+            raise ValueError(f"bad_usage must be one of {', '.join(BAD_USAGE)}, got {self.bad_usage!r}")
+        for name in ("stream_delay_ms", "latency_ms", "latency_jitter_ms", "reward_noise", "trickle_ms",
+                     "huge_body_mb"):
             value = float(getattr(self, name))
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -65,6 +94,7 @@ class SimConfig:
 
     def updated(self, changes: dict[str, Any]) -> SimConfig:
         """A copy with `changes` applied (unknown keys raise ValueError)."""
+        changes = {ALIASES.get(k, k): v for k, v in changes.items()}
         unknown = sorted(set(changes) - FIELDS.keys())
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
@@ -72,9 +102,12 @@ class SimConfig:
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(SimConfig)}
-BOOL_FIELDS = {"no_n", "hang", "no_usage"}
-INT_FIELDS = {"seed", "max_n", "fail_status"}
-ALIASES = {"acc": "accuracy"}
+BOOL_FIELDS = {"no_n", "hang", "no_usage", "refuse", "reset_mid_body", "truncate_stream", "no_done",
+               "malformed_chunk", "sse_multiline", "sse_comments", "crlf", "json_to_stream", "html_reply",
+               "bad_choices", "object_content"}
+INT_FIELDS = {"seed", "max_n", "fail_status", "retry_after_s"}
+STR_FIELDS = {"bad_usage"}
+ALIASES = {"acc": "accuracy", "fewer_choices": "max_n"}
 
 
 def parse_accuracy(value: Any) -> tuple[float, float]:
@@ -110,6 +143,8 @@ def _convert(name: str, raw: str | None) -> Any:
         return parse_accuracy(raw)
     if name in INT_FIELDS:
         return int(raw)
+    if name in STR_FIELDS:
+        return raw
     return float(raw)
 
 
@@ -167,6 +202,24 @@ _HELP = {
     "judge_fpr": "P(judge says correct | wrong)",
     "judge_garbage": "share of unparseable verifier replies",
     "reward_noise": "std of the noise on reward scores",
+    "step_accuracy": "step-wise mode: P(a step is right)",
+    "step_signal": "step-wise mode: how much step logprobs say about correctness (0-1)",
+    "retry_after_s": "Retry-After header (seconds) on simulated failures",
+    "refuse": "reset the connection without answering",
+    "reset_mid_body": "send half the body, then reset the connection",
+    "truncate_stream": "end streams halfway: no finish_reason, no [DONE]",
+    "no_done": "end streams without data: [DONE]",
+    "malformed_chunk": "a non-JSON data line in the middle of streams",
+    "sse_multiline": "split each SSE event's JSON over several data: lines",
+    "sse_comments": "': ping' comment lines between SSE events",
+    "crlf": "CRLF line endings in streams",
+    "json_to_stream": "answer stream requests with plain JSON",
+    "html_reply": "answer 200 text/html",
+    "bad_usage": "usage that is negative|string|list|missing",
+    "bad_choices": "choices: [1, \"two\", null]",
+    "object_content": "message content is an object",
+    "trickle_ms": "pause between 64-byte pieces of the body",
+    "huge_body_mb": "pad choice 0's text with this many MB",
 }
 
 
@@ -195,7 +248,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=dest, action="store_true", default=None, help=_HELP.get(name))
             continue
         shown = ",".join(map(str, default)) if name == "accuracy" else default
-        kind = str if name == "accuracy" else (int if name in INT_FIELDS else float)
+        kind = str if name == "accuracy" or name in STR_FIELDS else (int if name in INT_FIELDS else float)
         parser.add_argument(flag, dest=dest, type=kind, default=None, metavar=name.upper(),
                             help=f"{_HELP.get(name, name)} (default {shown})")
 

@@ -4,20 +4,23 @@ Each question "What is A + B?" has a probability p of a correct sample, derived 
 (server seed, A, B) by hash; wrong samples are often the question's shared common
 wrong answer, so majority voting is not trivially right. Augmenting substrings in
 the prompt shift p; a back-prompt (critique) raises it and steers wrong samples away
-from earlier answers. Verifier requests (answer blocks) are handed to `verifier`.
+from earlier answers. Verifier requests (answer blocks) are handed to `verifier`, chain problems
+("Start at 7, add 5, ...") to `steps`. Chat requests are read by `read_request`, completions
+prompts by its twin `read_prompt`.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from . import verifier
+from . import steps, verifier
 from .config import SimConfig
-from .questions import Question, content_text, find_question, last_number
+from .questions import QUESTION_RE, Question, content_text, find_question, last_number, parse_question
 
 GENERIC_REPLY = "I can only add numbers."
 
@@ -45,6 +48,7 @@ class Choice:
     rng: random.Random  # continues the choice's stream (used for logprobs, ids)
     answer_p: float | None = None  # probability of the sampled answer (numeric logprobs)
     first_alt: tuple[str, float] | None = None  # judge: (other first token, P(sampled first token))
+    spans: list[tuple[int, int, float]] | None = None  # step-wise: (start, end, P) of each scored number
 
 
 @dataclass(slots=True)
@@ -63,6 +67,64 @@ class View:
     prompt_text: str  # lower-cased system + user text, for boosts
     blocks: list[verifier.Block] | None  # verifier request: the candidates
     turns: int
+    fewshot: bool = False  # completions: a prompt ending in "A:" gets a bare answer ("42\n")
+    lead: str = ""  # completions: what the text starts with (a space after a prompt's last word)
+    chain: steps.Chain | None = None  # a step-wise problem (then `question` is None)
+    written: str = ""  # step-wise: the chain text already written after the question
+    before: str = ""  # step-wise: all the text the reply continues ("" for a fresh chat reply)
+
+
+# A base-model prompt that ends in an answer cue ("A:", "Answer:", "Sum:", "=") is answered like a
+# few-shot example: " 42\n", not a sentence.
+FEWSHOT_CUE = re.compile(r"(?:\b(?:A|Answer|Sum|Result|Total)\s*:|=)[ \t]*\Z", re.IGNORECASE)
+
+
+def _sampling(body: dict[str, Any]) -> tuple[float, int | None]:
+    temperature = body.get("temperature")
+    temperature = 1.0 if temperature is None else float(temperature)
+    seed = body.get("seed")
+    return temperature, (seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
+
+
+def read_prompt(prompt: str, body: dict[str, Any], model: str) -> View:
+    """The view of one completions prompt: the question is the last "What is A + B?" in the
+    text (so a few-shot prompt is read for its final question); ValueError on bad sampling values."""
+    temperature, seed = _sampling(body)
+    lead = "" if not prompt or prompt[-1].isspace() else " "
+    found = steps.find_chain(prompt)
+    if found is not None and found[1] >= _last_question_start(prompt):
+        chain, _, end = found
+        return View(
+            model=model, messages=[{"role": "user", "content": prompt}], question=None, json_mode=False,
+            tool=None, temperature=temperature, seed=seed, critique=False, avoid=frozenset(),
+            prompt_text=prompt.lower(), blocks=None, turns=0, chain=chain, written=prompt[end:], before=prompt,
+        )
+    return View(
+        model=model, messages=[{"role": "user", "content": prompt}], question=parse_question(prompt),
+        json_mode=False, tool=None, temperature=temperature, seed=seed, critique=False, avoid=frozenset(),
+        prompt_text=prompt.lower(), blocks=None, turns=0, fewshot=bool(FEWSHOT_CUE.search(prompt)),
+        lead=lead,
+    )
+
+
+def _last_question_start(text: str) -> int:
+    start = -1
+    for m in QUESTION_RE.finditer(text):
+        start = m.start()
+    return start
+
+
+def _chat_chain(messages: list[dict[str, Any]]) -> steps.Chain | None:
+    """The chain problem of the last user message that holds a problem, if it is a chain."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            text = content_text(m.get("content"))
+            found = steps.find_chain(text)
+            if found is not None and found[1] >= _last_question_start(text):
+                return found[0]
+            if parse_question(text) is not None:
+                return None
+    return None
 
 
 def read_request(body: dict[str, Any], model: str) -> View:
@@ -72,10 +134,7 @@ def read_request(body: dict[str, Any], model: str) -> View:
         raise ValueError("'messages' must be a non-empty list of message objects")
     rf = body.get("response_format")
     json_mode = isinstance(rf, dict) and rf.get("type") in ("json_object", "json_schema")
-    temperature = body.get("temperature")
-    temperature = 1.0 if temperature is None else float(temperature)
-    seed = body.get("seed")
-    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    temperature, seed = _sampling(body)
 
     blocks = verifier.find_blocks(messages)
     question = find_question(messages, strip=verifier.BLOCK_RE if blocks else None)
@@ -99,12 +158,28 @@ def read_request(body: dict[str, Any], model: str) -> View:
     if blocks is not None:
         critique = False
 
-    return View(
+    view = View(
         model=model, messages=messages, question=question, json_mode=json_mode,
         tool=_tool_to_call(body, messages), temperature=temperature, seed=seed,
         critique=critique, avoid=frozenset(avoid), prompt_text="\n".join(texts).lower(),
         blocks=blocks, turns=turns,
     )
+    continuing = _continue_flag(body, messages)
+    chain = _chat_chain(messages) if blocks is None else None
+    if chain is not None:
+        prefix = content_text(messages[-1].get("content")) if continuing else ""
+        view.question, view.chain, view.written, view.before, view.critique = None, chain, prefix, prefix, False
+    return view
+
+
+def _continue_flag(body: dict[str, Any], messages: list[dict[str, Any]]) -> bool:
+    """vLLM's `continue_final_message`: the reply continues the final assistant message."""
+    flag = body.get("continue_final_message", False)
+    if not isinstance(flag, bool):
+        raise ValueError("continue_final_message must be a boolean")
+    if flag and messages[-1].get("role") != "assistant":
+        raise ValueError("continue_final_message needs a final assistant message to continue")
+    return flag
 
 
 def _final_answer(message: dict[str, Any]) -> int | float | None:
@@ -152,8 +227,21 @@ def answer_probability(cfg: SimConfig, view: View) -> tuple[float, int]:
     return p, common
 
 
+def probability_of(cfg: SimConfig, view: View, x: int | float) -> float:
+    """The model's probability of answering `x` to the view's question (for logprobs)."""
+    a, b = view.question
+    p, common = answer_probability(cfg, view)
+    if x == a + b:
+        return p
+    if x == common:
+        return (1 - p) * cfg.common_wrong
+    return (1 - p) * (1 - cfg.common_wrong) / 8
+
+
 def choice_rng(cfg: SimConfig, view: View, index: int, stream: random.Random) -> random.Random:
     tag = f"{view.question}|{view.model}|{view.turns}"
+    if view.chain is not None:
+        tag += f"|{view.chain}|{view.written}"
     if view.blocks is not None:
         tag += "|" + ",".join(f"{b.id}={b.value}" for b in view.blocks)
     if view.temperature == 0:
@@ -209,6 +297,8 @@ def respond(cfg: SimConfig, view: View, n: int, stream: random.Random) -> list[C
         if view.blocks is not None:
             content, first_alt = verifier.judge(cfg, view.question, view.blocks, view.json_mode, rng)
             out.append(Choice(_text_message(content), "stop", rng, first_alt=first_alt))
+        elif view.chain is not None:
+            out.append(_steps_choice(cfg, view, rng, greedy))
         elif view.question is None:
             content = json.dumps({"answer": None}) if view.json_mode else GENERIC_REPLY
             out.append(Choice(_text_message(content), "stop", rng))
@@ -226,20 +316,22 @@ def _answer(cfg: SimConfig, view: View, rng: random.Random, greedy: bool) -> Cho
     truth = a + b
     p, common = answer_probability(cfg, view)
     x = sample_answer(rng, p, truth, common, cfg.common_wrong, view.avoid, greedy)
-    if x == truth:
-        answer_p = p
-    elif x == common:
-        answer_p = (1 - p) * cfg.common_wrong
-    else:
-        answer_p = (1 - p) * (1 - cfg.common_wrong) / 8
+    answer_p = probability_of(cfg, view, x)
     if view.tool is not None:
         args = json.dumps({"a": a, "b": b, "answer": x}, sort_keys=True, separators=(",", ":"))
         call = {"id": f"call_{rng.getrandbits(96):024x}", "type": "function",
                 "function": {"name": view.tool, "arguments": args}}
         message = {"role": "assistant", "content": None, "tool_calls": [call]}
         return Choice(message, "tool_calls", rng, answer_p=answer_p)
-    if view.json_mode:
+    if view.fewshot:
+        content = f"{x}\n"
+    elif view.json_mode:
         content = json.dumps({"answer": x})
     else:
         content = reply_text(rng, a, b, x, view.critique)
     return Choice(_text_message(content), "stop", rng, answer_p=answer_p)
+
+
+def _steps_choice(cfg: SimConfig, view: View, rng: random.Random, greedy: bool) -> Choice:
+    written = steps.write(view.chain, view.written, view.before, rng, cfg.step_accuracy, cfg.step_signal, greedy)
+    return Choice(_text_message(written.text), "stop", rng, spans=written.spans)

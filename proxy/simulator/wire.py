@@ -21,6 +21,7 @@ ALTERNATIVES = (
 FAULTS = {
     429: ("rate_limit_error", "rate_limit_exceeded", "Rate limit reached (simulated)."),
     500: ("server_error", "internal_error", "The server had an error while processing your request (simulated)."),
+    502: ("server_error", "bad_gateway", "Bad gateway (simulated)."),
     503: ("server_error", "service_unavailable", "The server is overloaded (simulated)."),
 }
 
@@ -55,9 +56,12 @@ def token_pieces(text: str) -> list[bytes]:
 
 def token_logprobs(pieces: list[bytes], text: str, choice: Choice, top_k: int) -> list[dict[str, Any]]:
     rng = choice.rng
-    span = None
-    for m in NUMBER_RE.finditer(text):
-        span = m.span()
+    spans = choice.spans
+    if spans is None and choice.answer_p:
+        last = None
+        for m in NUMBER_RE.finditer(text):
+            last = m.span()
+        spans = [(last[0], last[1], choice.answer_p)] if last else []
     entries: list[dict[str, Any]] = []
     pos = 0
     for i, raw in enumerate(pieces):
@@ -70,8 +74,8 @@ def token_logprobs(pieces: list[bytes], text: str, choice: Choice, top_k: int) -
             lp = math.log(p_first)
             alt = (other, math.log(max(1.0 - p_first - 0.01, 1e-6)))
             k = max(top_k, 2)
-        elif span and choice.answer_p and start < span[1] and pos > span[0] and any(c.isdigit() for c in token):
-            lp = math.log(min(max(choice.answer_p, 1e-4), 0.999))
+        elif spans and (p := _span_p(spans, start, pos, token)) is not None:
+            lp = math.log(min(max(p, 1e-4), 0.999))
         else:
             lp = -rng.expovariate(25.0)
         entry = {"token": token, "logprob": round(lp, 6), "bytes": list(raw), "top_logprobs": []}
@@ -79,6 +83,16 @@ def token_logprobs(pieces: list[bytes], text: str, choice: Choice, top_k: int) -
             entry["top_logprobs"] = _top(token, raw, lp, alt, k)
         entries.append(entry)
     return entries
+
+
+def _span_p(spans: list[tuple[int, int, float]], start: int, end: int, token: str) -> float | None:
+    """The probability of the scored number a digit token belongs to, if any."""
+    if not any(c.isdigit() for c in token):
+        return None
+    for lo, hi, p in spans:
+        if start < hi and end > lo:
+            return p
+    return None
 
 
 def _top(token: str, raw: bytes, lp: float, alt: tuple[str, float] | None, k: int) -> list[dict[str, Any]]:
