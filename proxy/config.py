@@ -187,9 +187,9 @@ def _route(raw: Any, path: str, models: dict[str, ModelEntry]) -> Route:
             raise ConfigError(f"{path}.generate.params.{key}", "not a parameter a route can set here "
                               "(temperature and max_tokens have their own keys under generate)")
     for stage in pipeline.stages:  # judges, reward models and USC name models too
-        for model in getattr(stage, "models", []):
+        for model in stage.models:
             if model not in models:
-                raise ConfigError(getattr(stage, "model_path", f"{path}.select"),
+                raise ConfigError(stage.model_path or f"{path}.select",
                                   f"unknown model {model!r}; model_list has {', '.join(sorted(models))}")
     if passthrough and (raw.get("select") or raw.get("repair")):
         raise ConfigError(f"{path}.passthrough", "a passthrough route cannot also have select or repair")

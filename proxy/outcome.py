@@ -51,13 +51,12 @@ class Outcome:
             "reasons": sel.reasons,
             "evidence": [evidence(c) for c in sel.candidates],
         }
-        if sel.info.get("agreement") is not None:
-            out["agreement"] = round(sel.info["agreement"], 4)
+        if sel.agreement is not None:
+            out["agreement"] = round(sel.agreement, 4)
         if sel.verified is not None:
             out["verified"] = sel.verified
-        for key, value in sel.info.items():
-            if key != "agreement" and key not in out:
-                out[key] = value
+        for key, value in sel.extras().items():
+            out.setdefault(key, value)
         return out
 
     def headers(self) -> dict[str, str]:

@@ -52,12 +52,11 @@ class Services:
             sel = outcome.selection
             report.selected = outcome.selected_tokens()
             report.candidates = len(sel.candidates)
-            report.agreement = sel.info.get("agreement")
+            report.agreement = sel.agreement
             report.verified = sel.verified
-            report.judge_checker_disagreements = int(sel.info.get("disagreements", 0) or 0)
-            stop = sel.info.get("stop") or {}
-            report.candidates_saved = int(stop.get("saved", 0) or 0)
-            report.tokens_saved_estimate = int(stop.get("tokens_saved_estimate", 0) or 0)
+            report.judge_checker_disagreements = sel.disagreements or 0
+            report.candidates_saved = sel.stop.saved if sel.stop else 0
+            report.tokens_saved_estimate = sel.stop.tokens_saved_estimate if sel.stop else 0
         elif route.passthrough:
             report.selected = total
             report.candidates = sum(c.choices for c in ledger.calls)

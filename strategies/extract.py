@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
-from itsproxy.strategies.types import SpecError
+from itsproxy.strategies.types import Candidate, SpecError
 
 KINDS = ("number", "regex", "boxed", "exact", "json", "tool_call")
 
@@ -27,6 +27,13 @@ class Extractor:
 
     def __call__(self, message: dict[str, Any]) -> str | None:
         return _FUNCS[self.kind](message, self.pattern)
+
+
+def extract_answers(extractor: Extractor | None, candidates: list[Candidate]) -> None:
+    """Set each candidate's `answer` (what it votes for); without an extractor, leave them unset."""
+    if extractor is not None:
+        for c in candidates:
+            c.answer = extractor(c.message)
 
 
 def build_extractor(spec: Any, path: str) -> Extractor:

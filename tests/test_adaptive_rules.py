@@ -229,7 +229,7 @@ def test_stop_info_shape():
     cands = [_cand("1", False, 10), _cand("1", False, 13)]
     assert mean_completion_tokens(cands) == 11.5
     d = should_stop(spec(rule="beta", confidence=0.9375), ["1"] * 3, 3, 9)
-    assert stop_info(d, 3, 9, 11.5) == {"rule": "beta", "reason": "confident", "drawn": 3, "max": 9,
+    assert stop_info(d, 3, 9, 11.5).as_dict() == {"rule": "beta", "reason": "confident", "drawn": 3, "max": 9,
                                         "posterior": 0.9375, "saved": 6, "tokens_saved_estimate": 69}
     assert mean_completion_tokens([]) == 0.0
 

@@ -148,7 +148,8 @@ def scaling_context(services: Services, req: ChatRequest, route: Route, ledger: 
     if pipeline.generate.temperature is not None or any(m.temperature is not None for m in pipeline.generate.pool):
         params.pop("temperature", None)
     return RunContext(messages=req.messages, params=params, sampler=services.upstream.bind(ledger), n=n,
-                      route=route.name, seed=seed, services=services, ledger=ledger,
+                      route=route.name, seed=seed, spend=ledger, http=services.upstream.endpoints.bind(ledger),
+                      search_stores=services.search_stores,
                       max_extra_tokens=route.limits.max_extra_tokens, max_cost_usd=route.limits.max_cost_usd)
 
 

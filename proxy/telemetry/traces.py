@@ -92,7 +92,7 @@ def build_record(report: RequestReport, outcome: "Outcome | None") -> dict[str, 
     rec.update(id=outcome.id, model=outcome.model, strategy=sel.strategy, request=request,
                candidates=[{**ev, "message": c.message} for ev, c in zip(its["evidence"], sel.candidates)],
                selected=its["selected"], verified=sel.verified, votes=sel.votes, tie=sel.tie,
-               reasons=sel.reasons, rounds=sel.info.get("rounds", []), usage=its["usage"])
+               reasons=sel.reasons, rounds=[r.as_dict() for r in sel.rounds], usage=its["usage"])
     return rec
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, UpstreamError
 from itsproxy.proxy.upstream.backends.direct import DirectBackend, direct_capable
 from itsproxy.proxy.config import Config, ModelEntry
 from itsproxy.proxy.metering.ledger import CallRecord, Ledger
 from itsproxy.proxy.metering.pricing import prices_for
+from itsproxy.proxy.upstream.endpoints import Endpoints
 from itsproxy.proxy.upstream.stream_tally import ChoiceTally, StreamedMessage
 from itsproxy.proxy.metering.tokens import count_message, count_messages, warm as warm_tokenizer
 from itsproxy.strategies.generate import derive_seed
@@ -40,6 +42,7 @@ class Upstream:
         # the cost map (read only for models whose prices model_list does not set).
         warm_tokenizer()
         self.prices = {name: prices_for(entry) for name, entry in self.models.items()}
+        self.endpoints = Endpoints(self.prices)  # reward endpoints: metered like model calls
 
     def _make_litellm(self) -> Backend:
         from itsproxy.proxy.upstream.backends.via_litellm import LitellmBackend
@@ -56,6 +59,7 @@ class Upstream:
         return RequestSampler(self, ledger)
 
     async def aclose(self) -> None:
+        await self.endpoints.aclose()
         await self.direct.aclose()
         if self._litellm is not None:
             await self._litellm.aclose()
@@ -89,7 +93,7 @@ def split_completion(total: int, messages: list[dict[str, Any]]) -> list[int]:
 
 
 class RequestSampler:
-    """A request's view of the upstream: implements `strategies.types.Sampler`."""
+    """A request's view of the upstream: implements `itsproxy.strategies.ports.Sampler`."""
 
     def __init__(self, upstream: Upstream, ledger: Ledger) -> None:
         self.up = upstream
@@ -209,7 +213,7 @@ class RequestSampler:
                       completion_tokens=record.completion_tokens, logprobs=part.logprobs())
 
     async def stream_choices(self, messages: list[dict[str, Any]], *, model: str, n: int, phase: str = "generate",
-                             params: dict[str, Any] | None = None) -> AsyncIterator[Sample]:
+                             params: dict[str, Any] | None = None) -> AsyncGenerator[Sample, None]:
         """One streaming call with `n`: yields each choice as soon as it finishes.
 
         Closing the iterator closes the upstream stream; choices still decoding
@@ -239,7 +243,8 @@ class RequestSampler:
                 sample.prompt_tokens, sample.completion_tokens = record.prompt_tokens, share
 
     async def stream(self, model: str, body: dict[str, Any], phase: str = "generate",
-                     record: CallRecord | None = None, tally: ChoiceTally | None = None) -> AsyncIterator[dict]:
+                     record: CallRecord | None = None, tally: ChoiceTally | None = None,
+                     ) -> AsyncGenerator[dict[str, Any], None]:
         """Streaming: yields upstream chunks, meters them when the stream ends (or is cut)."""
         entry = self.entry(model)
         record = record or self.ledger.open(phase, entry.name)
