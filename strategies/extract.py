@@ -77,12 +77,13 @@ def normalise_number(text: str) -> str | None:
     return format(value.normalize(), "f")
 
 
-def _number(message, _pattern) -> str | None:
+def _number(message: dict[str, Any], _pattern: re.Pattern[str] | None) -> str | None:
     found = _NUMBER.findall(_content(message))
     return normalise_number(found[-1]) if found else None
 
 
-def _regex(message, pattern) -> str | None:
+def _regex(message: dict[str, Any], pattern: re.Pattern[str] | None) -> str | None:
+    assert pattern is not None  # build_extractor compiles one for `regex`
     match = pattern.search(_content(message))
     if not match:
         return None
@@ -90,7 +91,7 @@ def _regex(message, pattern) -> str | None:
     return _normalise_text(value) if value is not None else None
 
 
-def _boxed(message, _pattern) -> str | None:
+def _boxed(message: dict[str, Any], _pattern: re.Pattern[str] | None) -> str | None:
     """The last \\boxed{...}, with nested braces balanced."""
     text = _content(message)
     start = text.rfind("\\boxed{")
@@ -109,7 +110,7 @@ def _normalise_text(text: str) -> str:
     return _SPACE.sub(" ", text).strip().lower()
 
 
-def _exact(message, _pattern) -> str | None:
+def _exact(message: dict[str, Any], _pattern: re.Pattern[str] | None) -> str | None:
     text = _normalise_text(_content(message))
     return text or None
 
@@ -118,7 +119,7 @@ def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _json(message, _pattern) -> str | None:
+def _json(message: dict[str, Any], _pattern: re.Pattern[str] | None) -> str | None:
     text = _content(message).strip()
     if text.startswith("```"):  # tolerate a fenced block
         text = text.strip("`").removeprefix("json").strip()
@@ -128,7 +129,7 @@ def _json(message, _pattern) -> str | None:
         return None
 
 
-def _tool_call(message, _pattern) -> str | None:
+def _tool_call(message: dict[str, Any], _pattern: re.Pattern[str] | None) -> str | None:
     calls = message.get("tool_calls") or []
     if not calls:
         return None

@@ -141,6 +141,7 @@ def question_profile(seed: int, lo: float, hi: float, easy_share: float, a: int,
 
 
 def answer_probability(cfg: SimConfig, view: View) -> tuple[float, int]:
+    assert view.question is not None  # asked only about a question the simulator found
     a, b = view.question
     p, common = question_profile(cfg.seed, cfg.accuracy[0], cfg.accuracy[1], cfg.easy_share, a, b)
     for text, delta in cfg.boosts.items():
@@ -206,7 +207,7 @@ def respond(cfg: SimConfig, view: View, n: int, stream: random.Random) -> list[C
     out: list[Choice] = []
     for i in range(n):
         rng = choice_rng(cfg, view, i, stream)
-        if view.blocks is not None:
+        if view.blocks is not None and view.question is not None:  # blocks are kept only with a question
             content, first_alt = verifier.judge(cfg, view.question, view.blocks, view.json_mode, rng)
             out.append(Choice(_text_message(content), "stop", rng, first_alt=first_alt))
         elif view.question is None:
@@ -222,6 +223,7 @@ def _text_message(content: str) -> dict[str, Any]:
 
 
 def _answer(cfg: SimConfig, view: View, rng: random.Random, greedy: bool) -> Choice:
+    assert view.question is not None
     a, b = view.question
     truth = a + b
     p, common = answer_probability(cfg, view)

@@ -11,7 +11,8 @@ import asyncio
 import json
 import random
 import time
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -92,7 +93,8 @@ class _SSEResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()
+            # Ours is always an async generator (starlette types it as any async iterable).
+            await cast(AsyncGenerator[Any, None], self.body_iterator).aclose()
 
 
 async def _read_json(request: Request) -> dict[str, Any] | None:
@@ -211,17 +213,19 @@ def _inputs(body: dict[str, Any]) -> list[str] | None:
     return None
 
 
-async def _reward_entry(request: Request) -> tuple[SimState, dict | None, str, SimConfig | None, Response | None]:
+async def _reward_entry(request: Request) -> tuple[SimState, dict[str, Any], str, SimConfig, Response | None]:
+    """The parsed call; when the response (last) is set, it is the error to send and the rest is unusable."""
     st: SimState = request.app.state.sim
     body = await _read_json(request)
-    model = body.get("model") if body and isinstance(body.get("model"), str) else "reward"
+    named = body.get("model") if body else None
+    model = named if isinstance(named, str) else "reward"
     st.stats.add(model, reward_requests=1)
     if body is None:
-        return st, None, model, None, _error(st, model, "the request body must be a JSON object")
+        return st, {}, model, st.config, _error(st, model, "the request body must be a JSON object")
     try:
         _, cfg = st.config_for(model)
     except ValueError as exc:
-        return st, body, model, None, _error(st, model, str(exc), "model", "invalid_model_option")
+        return st, body, model, st.config, _error(st, model, str(exc), "model", "invalid_model_option")
     return st, body, model, cfg, await _gate(st, request, model, cfg)
 
 

@@ -97,10 +97,10 @@ class AdaptiveDraw:
                                    stream=stream)
         self.out.finished += k
         extract_answers(self.extractor, batch)
-        for stage in self.filters:
-            await stage.apply(self.ctx, batch)
-        for stage in self.scorers:
-            await stage.apply(self.ctx, batch)
+        for check in self.filters:
+            await check.apply(self.ctx, batch)
+        for scorer in self.scorers:
+            await scorer.apply(self.ctx, batch)
         return batch, errors
 
     def _take(self, batch: list[Candidate], errors: list[BaseException]) -> None:

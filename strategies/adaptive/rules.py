@@ -221,7 +221,7 @@ def draws_before_stop(spec: AdaptiveSpec, answers: Sequence[str | None], drawn: 
     if spec.rule == "window":
         return min(left, max(floor, spec.window - _streak(answers)))
     counts = _counts(answers)
-    leader = max(counts, key=counts.get) if counts else "\0leader"  # a placeholder before any answer
+    leader = max(counts, key=lambda a: counts[a]) if counts else "\0leader"  # a placeholder before any answer
     for k in range(floor, left + 1):
         extra = [*answers, *([leader] * k)]
         if _met(spec, extra, drawn + k, max_n)[0]:

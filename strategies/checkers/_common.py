@@ -34,7 +34,7 @@ def failed(name: str, critique: str) -> Verdict:
     return verdict(name, False, critique)
 
 
-def check_keys(spec: dict, allowed: tuple[str, ...], path: str) -> None:
+def check_keys(spec: dict[str, Any], allowed: tuple[str, ...], path: str) -> None:
     for key in spec:
         if key not in allowed:
             raise SpecError(
@@ -42,7 +42,7 @@ def check_keys(spec: dict, allowed: tuple[str, ...], path: str) -> None:
             )
 
 
-def positive_number(spec: dict, key: str, path: str, default: float) -> float:
+def positive_number(spec: dict[str, Any], key: str, path: str, default: float) -> float:
     value = spec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise SpecError(f"{path}.{key}", f"must be a positive number of seconds, got {value!r}")
@@ -51,7 +51,7 @@ def positive_number(spec: dict, key: str, path: str, default: float) -> float:
     return float(value)
 
 
-def positive_int(spec: dict, key: str, path: str, default: int) -> int:
+def positive_int(spec: dict[str, Any], key: str, path: str, default: int) -> int:
     value = spec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SpecError(f"{path}.{key}", f"must be a positive integer, got {value!r}")
@@ -62,13 +62,13 @@ def env_value(value: Any, path: str) -> str:
     """A literal string/number, or `os.environ/NAME` (LiteLLM's convention)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise SpecError(path, f"must be a string or number, got {type(value).__name__}")
-    value = str(value)
-    if value.startswith("os.environ/"):
-        var = value[len("os.environ/") :]
+    text = str(value)
+    if text.startswith("os.environ/"):
+        var = text[len("os.environ/") :]
         if var not in os.environ:
             raise SpecError(path, f"environment variable {var!r} is not set")
         return os.environ[var]
-    return value
+    return text
 
 
 def _content_text(content: Any) -> str | None:
@@ -80,7 +80,7 @@ def _content_text(content: Any) -> str | None:
     return None
 
 
-def payload_text(payload: dict) -> str | None:
+def payload_text(payload: dict[str, Any]) -> str | None:
     """The text a format checker looks at: the extracted answer, else the
     candidate's content, else the first tool call's arguments."""
     answer = payload.get("answer")

@@ -18,6 +18,7 @@ import signal
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from itsproxy.strategies.types import SpecError, Verdict
@@ -63,7 +64,7 @@ def _child_pythonpath() -> str:
     return os.pathsep.join(keep)
 
 
-def _limiter(cpu_s: int, mem_bytes: int):
+def _limiter(cpu_s: int, mem_bytes: int) -> Callable[[], None]:
     def clamp(kind: int, want: int) -> None:
         _, hard = resource.getrlimit(kind)
         if hard != resource.RLIM_INFINITY:
@@ -149,7 +150,7 @@ class CommandChecker:
         env.update(self.extra_env)
         return env
 
-    async def check(self, payload: dict) -> Verdict:
+    async def check(self, payload: dict[str, Any]) -> Verdict:
         data = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
         async with self._limit.sem():
             return await self._run(data)
@@ -171,6 +172,7 @@ class CommandChecker:
                 )
             except Exception as exc:  # FileNotFoundError, PermissionError, preexec failure
                 return failed(self.name, f"checker could not be started: {exc}")
+            assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None  # all PIPEs
             try:
                 async with asyncio.timeout(self.timeout_s):
                     (out, over), err, _ = await asyncio.gather(
@@ -214,7 +216,7 @@ class CommandChecker:
         return failed(self.name, f"{why}: {detail}" if detail else why)
 
 
-def from_spec(spec: dict, path: str) -> CommandChecker:
+def from_spec(spec: dict[str, Any], path: str) -> CommandChecker:
     argv = spec["command"]
     if not isinstance(argv, list) or not argv:
         raise SpecError(f"{path}.command", "must be a non-empty list of strings (argv, no shell)")

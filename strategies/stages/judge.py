@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 from collections.abc import Awaitable, Iterable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from itsproxy.strategies.ports import RunContext
 from itsproxy.strategies.types import Candidate, SampleError, SpecError
@@ -190,6 +190,10 @@ def temperature(spec: dict[str, Any], path: str) -> float:
     return float(value)
 
 
+@overload
+def positive_int(spec: dict[str, Any], key: str, path: str, default: int) -> int: ...
+@overload
+def positive_int(spec: dict[str, Any], key: str, path: str, default: None) -> int | None: ...
 def positive_int(spec: dict[str, Any], key: str, path: str, default: int | None) -> int | None:
     value = spec.get(key, default)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -201,7 +205,7 @@ def choice(spec: dict[str, Any], key: str, path: str, options: tuple[str, ...]) 
     value = spec.get(key, options[0])
     if value not in options:
         raise SpecError(f"{path}.{key}", f"must be one of {', '.join(options)}, got {value!r}")
-    return value
+    return str(value)
 
 
 # ---------------------------------------------------------------- the stage

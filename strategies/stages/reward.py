@@ -128,6 +128,7 @@ class RewardStage:
 
     async def _generative(self, ctx: RunContext, candidates: list[Candidate]) -> None:
         g = self.generative
+        assert g is not None
         results = await bounded_gather(
             ask_yes_no(ctx, model=g["model"], phase="reward", stage="reward", text=candidate_text(c),
                        rubric=g["rubric"], temperature=g["temperature"]) for c in candidates)
