@@ -93,7 +93,8 @@ def debug_loop() -> asyncio.AbstractEventLoop:
         base = uvloop.Loop
     except ImportError:
         base = asyncio.SelectorEventLoop
-    pinned: type[asyncio.AbstractEventLoop] = type("DebugLoop", (base,), {"set_debug": lambda self, enabled: base.set_debug(self, True)})
+    pinned: type[asyncio.AbstractEventLoop] = type(
+        "DebugLoop", (base,), {"set_debug": lambda self, enabled: base.set_debug(self, True)})
     loop = pinned()
     loop.set_debug(True)
     loop.slow_callback_duration = (loop_debug_ms() or 100.0) / 1000.0

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from itsproxy.proxy.http.chat_request import FORWARD
 from itsproxy.proxy.config_fields import ConfigError, boolean, choice, integer, mapping, number, seq, string
+from itsproxy.proxy.http.chat_request import FORWARD
 from itsproxy.proxy.telemetry.traces import parse_traces
 from itsproxy.strategies.pipeline import Pipeline, build_pipeline
 from itsproxy.strategies.types import SpecError
@@ -161,10 +161,12 @@ def _server(raw: Any) -> ServerConfig:
             default=d.upstream_queue_timeout_s, exclusive_min=True),
         max_body_bytes=integer(raw.get("max_body_bytes"), "server.max_body_bytes", default=d.max_body_bytes, minimum=1),
         upstream_timeout_s=number(
-            raw.get("upstream_timeout_s"), "server.upstream_timeout_s", default=d.upstream_timeout_s, exclusive_min=True),
+            raw.get("upstream_timeout_s"), "server.upstream_timeout_s", default=d.upstream_timeout_s,
+            exclusive_min=True),
         num_retries=integer(raw.get("num_retries"), "server.num_retries", default=0),
         keepalive_s=number(raw.get("keepalive_s"), "server.keepalive_s", default=d.keepalive_s, exclusive_min=True),
-        upstream_client=choice(raw.get("upstream_client"), "server.upstream_client", ("auto", "litellm"), default="auto"),
+        upstream_client=choice(raw.get("upstream_client"), "server.upstream_client", ("auto", "litellm"),
+                               default="auto"),
         state_dir=string(raw.get("state_dir"), "server.state_dir", required=False) or d.state_dir,
     )
 

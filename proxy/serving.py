@@ -46,7 +46,7 @@ class ServerHandle:
             self.thread.join(timeout)
         self.sock.close()
 
-    def __enter__(self) -> "ServerHandle":
+    def __enter__(self) -> ServerHandle:
         return self
 
     def __exit__(self, *exc) -> None:

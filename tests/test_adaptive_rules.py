@@ -11,8 +11,20 @@ from types import SimpleNamespace
 import pytest
 
 from itsproxy.strategies.adaptive.rules import (
-    AdaptiveSpec, Decision, beta_tail, draws_before_stop, final_majority, leaders, mean_completion_tokens,
-    next_batch, next_verified_batch, parse_adaptive, posterior, should_stop, stop_info, stop_on_verified,
+    AdaptiveSpec,
+    Decision,
+    beta_tail,
+    draws_before_stop,
+    final_majority,
+    leaders,
+    mean_completion_tokens,
+    next_batch,
+    next_verified_batch,
+    parse_adaptive,
+    posterior,
+    should_stop,
+    stop_info,
+    stop_on_verified,
 )
 from itsproxy.strategies.types import SpecError
 

@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
+from fakes import Call, FakeSampler, context
 from itsproxy.strategies.pipeline import NotEnoughCandidates, Pipeline, Unverified, build_pipeline
 from itsproxy.strategies.ports import EndpointError
 from itsproxy.strategies.types import AdaptiveStop, RepairRound, RepairStop, SampleError, Selection
-
-from fakes import Call, FakeSampler, context
 
 MODELS = {"m", "a", "b", "judge"}
 
@@ -185,7 +184,8 @@ def test_adaptive_stops_at_the_cost_cap():
 def judge_script(call: Call, i: int) -> str:
     if call.phase == "judge":
         answer = re.search(r"<answer>\s*(.*?)\s*</answer>", call.messages[-1]["content"], re.S)
-        return '{"reason": "", "score": %d}' % (9 if answer and "42" in answer.group(1) else 2)
+        score = 9 if answer and "42" in answer.group(1) else 2
+        return f'{{"reason": "", "score": {score}}}'
     return ["The answer is 41.", "The answer is 42.", "The answer is 41."][i]
 
 

@@ -8,16 +8,15 @@ import json
 import socket
 import threading
 import time
-from statistics import mean
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from statistics import mean
 
 import pytest
 
+from conftest import send_json, sim_models
 from itsproxy.proxy.config import parse_config
 from itsproxy.strategies.stages.reward import RewardStage, logistic, normalise
 from itsproxy.strategies.types import SpecError
-
-from conftest import send_json, sim_models
 
 PATH = "routes[0].select[1].reward"
 Q = "What is 305 + 218?"

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from itsproxy.proxy.http.auth import AuthMiddleware
-from itsproxy.proxy.http.chat import Handler
 from itsproxy.proxy.config import Config, load_config
 from itsproxy.proxy.errors import ApiError
+from itsproxy.proxy.http.auth import AuthMiddleware
+from itsproxy.proxy.http.chat import Handler
 from itsproxy.proxy.runtime import Services
 
 log = logging.getLogger("itsproxy")

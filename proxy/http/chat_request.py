@@ -92,7 +92,8 @@ def parse_request(body: Any) -> ChatRequest:
     _int(body, "max_tokens", 1)
     _int(body, "max_completion_tokens", 1)
     _int(body, "top_logprobs", 0)
-    if "seed" in body and body["seed"] is not None and (isinstance(body["seed"], bool) or not isinstance(body["seed"], int)):
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise bad_request("'seed' must be an integer", param="seed")
     if "tools" in body and body["tools"] is not None and not isinstance(body["tools"], list):
         raise bad_request("'tools' must be an array", param="tools")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -18,13 +19,14 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from itsproxy.proxy.metering.ledger import Ledger, RequestReport
 from itsproxy.proxy.config_fields import boolean, integer, mapping, number, string
+from itsproxy.proxy.metering.ledger import Ledger, RequestReport
 
 if TYPE_CHECKING:
     from itsproxy.proxy.config import Config
@@ -74,9 +76,9 @@ def parse_traces(raw: Any, path: str = "traces") -> TraceSettings | None:
 # ---------------------------------------------------------------- records
 
 
-def build_record(report: RequestReport, outcome: "Outcome | None") -> dict[str, Any]:
+def build_record(report: RequestReport, outcome: Outcome | None) -> dict[str, Any]:
     """What is known about a finished request; the full decision when it produced an outcome."""
-    rec: dict[str, Any] = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+    rec: dict[str, Any] = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
                            "id": None, "route": report.route, "model": None, "status": report.status,
                            "passthrough": report.passthrough, "duration_s": round(report.duration_s, 4),
                            "verified": report.verified}
@@ -251,7 +253,7 @@ class TraceWriter:
                     batch.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
-            self._guard(lambda: self._write(batch))
+            self._guard(functools.partial(self._write, batch))
             for _ in batch:
                 self.queue.task_done()
 
@@ -288,7 +290,7 @@ class TraceHook:
         self.settings = settings
         self.writer = TraceWriter(settings, secrets)
 
-    def __call__(self, report: RequestReport, outcome: "Outcome | None" = None) -> None:
+    def __call__(self, report: RequestReport, outcome: Outcome | None = None) -> None:
         if report.passthrough and not self.settings.include_passthrough:
             return
         try:
@@ -306,7 +308,7 @@ class TraceHook:
         await asyncio.to_thread(self.writer.close)  # joining the thread must not block the loop
 
 
-def build_trace_hook(config: "Config") -> TraceHook | None:
+def build_trace_hook(config: Config) -> TraceHook | None:
     settings = parse_traces(config.extra.get("traces"))
     if settings is None:
         return None

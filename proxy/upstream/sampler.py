@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, UpstreamError
-from itsproxy.proxy.upstream.backends.direct import DirectBackend, direct_capable
 from itsproxy.proxy.config import Config, ModelEntry
 from itsproxy.proxy.metering.ledger import CallRecord, Ledger
 from itsproxy.proxy.metering.pricing import prices_for
+from itsproxy.proxy.metering.tokens import count_message, count_messages
+from itsproxy.proxy.metering.tokens import warm as warm_tokenizer
+from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, UpstreamError
+from itsproxy.proxy.upstream.backends.direct import DirectBackend, direct_capable
 from itsproxy.proxy.upstream.endpoints import Endpoints
 from itsproxy.proxy.upstream.stream_tally import ChoiceTally, StreamedMessage
-from itsproxy.proxy.metering.tokens import count_message, count_messages, warm as warm_tokenizer
 from itsproxy.strategies.generate import derive_seed
 from itsproxy.strategies.types import Sample
 
@@ -55,7 +56,7 @@ class Upstream:
         assert self._litellm is not None
         return self._litellm
 
-    def bind(self, ledger: Ledger) -> "RequestSampler":
+    def bind(self, ledger: Ledger) -> RequestSampler:
         return RequestSampler(self, ledger)
 
     async def aclose(self) -> None:
@@ -70,7 +71,7 @@ class Upstream:
             return
         try:
             await asyncio.wait_for(self.semaphore.acquire(), self.config.server.upstream_queue_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamBusy("the proxy is at its upstream concurrency limit; try again shortly", 503) from None
 
 

@@ -18,10 +18,10 @@ so a posterior equal to the threshold stops, without float drift at the boundary
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from math import comb
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 from itsproxy.strategies.types import AdaptiveStop, Candidate, SpecError

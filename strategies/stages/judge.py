@@ -19,8 +19,8 @@ import asyncio
 import json
 import math
 import re
-from dataclasses import dataclass
 from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, overload
 
 from itsproxy.strategies.ports import RunContext

@@ -12,7 +12,8 @@ never make one verified. Two shapes:
 The endpoint is config only (never taken from a request). Generic contract:
 POST {"prompt": <last user text>, "candidates": [text, ...]} -> {"scores": [float, ...]}.
 The call itself goes through the request's `MeteredHttp` port: the proxy does
-the HTTP and meters it (phase `reward`). Normalisation (`auto`): a batch already within [0, 1] is taken as probabilities;
+the HTTP and meters it (phase `reward`). Normalisation (`auto`): a batch
+already within [0, 1] is taken as probabilities;
 otherwise every raw score goes through the logistic 1/(1+exp(-x)), which keeps
 the order. Any failure (HTTP, timeout, bad JSON, wrong length) is a note on every
 candidate and no scores: never a crash. Score keys follow `itsproxy.strategies.stages.judge`.

@@ -13,11 +13,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from itsproxy.strategies.stages.judge import (UNPARSEABLE, answer_block, candidate_text, check_keys, failed_note, json_schema,
-                              model_name, parse_json_object, positive_int, request_text, temperature,
-                              verifier_messages)
 from itsproxy.strategies.extract import Extractor
 from itsproxy.strategies.ports import RunContext
+from itsproxy.strategies.stages.judge import (
+    UNPARSEABLE,
+    answer_block,
+    candidate_text,
+    check_keys,
+    failed_note,
+    json_schema,
+    model_name,
+    parse_json_object,
+    positive_int,
+    request_text,
+    temperature,
+    verifier_messages,
+)
 from itsproxy.strategies.types import Candidate, SampleError, SpecError, Tally
 
 ASK = ("Evaluate these responses. Select the most consistent response based on majority consensus. "

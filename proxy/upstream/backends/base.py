@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from itsproxy.proxy.config import ModelEntry
 from itsproxy.strategies.types import SampleError

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import certifi
 
-from itsproxy.proxy.upstream.backends.base import UpstreamError, error_from_body
 from itsproxy.proxy.config import ModelEntry
+from itsproxy.proxy.upstream.backends.base import UpstreamError, error_from_body
 
 OPENAI_BASE = "https://api.openai.com/v1"
 # litellm_params the direct path understands; anything else goes through litellm.
@@ -95,7 +96,7 @@ class DirectBackend:
         try:
             async with self._post(url, headers, content, timeout) as resp:
                 status, raw = resp.status, await resp.read()
-        except asyncio.TimeoutError:  # aiohttp's timeouts subclass it
+        except TimeoutError:  # aiohttp's timeouts subclass it
             raise UpstreamError(f"upstream timed out after {timeout:.1f}s") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}") from None
@@ -130,7 +131,7 @@ class DirectBackend:
                     if isinstance(chunk, dict) and "error" in chunk:
                         raise error_from_body(502, chunk, "upstream stream error")
                     yield chunk
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamError(f"upstream timed out after {timeout:.1f}s") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}") from None

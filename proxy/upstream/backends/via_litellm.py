@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
-from itsproxy.proxy.upstream.backends.base import UpstreamError
 from itsproxy.proxy.config import ModelEntry
+from itsproxy.proxy.upstream.backends.base import UpstreamError
 from itsproxy.proxy.upstream.litellm_loader import litellm
 
 
