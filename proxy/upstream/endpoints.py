@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import ssl
 import time
 from typing import Any
 
+import certifi
 import httpx
 
 from itsproxy.proxy.metering.ledger import CallRecord, Ledger
@@ -34,6 +36,8 @@ class Endpoints:
 
     def __init__(self, prices: dict[str, Prices]) -> None:
         self.prices = prices
+        # Loaded here, at startup: reading the CA bundle inside a request would block the event loop.
+        self.ssl = ssl.create_default_context(cafile=certifi.where())
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -41,7 +45,7 @@ class Endpoints:
         # A config that outlives its loop (reload, tests) gets a fresh client in the new loop.
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+            self._client = httpx.AsyncClient(verify=self.ssl, trust_env=False, follow_redirects=False)
             self._loop = loop
         return self._client
 
@@ -64,12 +68,13 @@ class MeteredEndpoints:
     async def post_json(self, url: str, body: dict[str, Any], *, phase: str, model: str,
                         headers: dict[str, str] | None = None, timeout: float) -> dict[str, Any]:
         """POST `body` as JSON; the reply must be a JSON object. Raises `EndpointError` otherwise."""
+        client = self.endpoints.client()
         record = self.ledger.open(phase, model)
         record.choices = 0
         started = time.monotonic()
         try:
-            async with asyncio.timeout(timeout):
-                status, raw = await self._post(url, body, headers or {}, timeout)
+            async with asyncio.timeout(timeout):  # the whole call, however slowly the reply drips
+                status, raw = await self._post(client, url, body, headers or {}, timeout)
         except asyncio.CancelledError:
             self._close(record, started, "cancelled")
             raise
@@ -95,10 +100,10 @@ class MeteredEndpoints:
         self._close(record, started, "ok", payload.get("usage"))
         return payload
 
-    async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str],
+    async def _post(self, client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str],
                     timeout: float) -> tuple[int, bytes | None]:
         """The status and the reply's bytes (None when the reply is too long)."""
-        async with self.endpoints.client().stream("POST", url, json=body, headers=headers, timeout=timeout) as resp:
+        async with client.stream("POST", url, json=body, headers=headers, timeout=timeout) as resp:
             buf = bytearray()
             async for chunk in resp.aiter_bytes():
                 buf += chunk
