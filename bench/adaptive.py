@@ -52,8 +52,8 @@ for _k, _v in OFFLINE_ENV.items():
 import httpx  # noqa: E402
 import openai  # noqa: E402
 
-from itsproxy.proxy.http.app import create_app  # noqa: E402
 from itsproxy.proxy.config import parse_config  # noqa: E402
+from itsproxy.proxy.http.app import create_app  # noqa: E402
 from itsproxy.proxy.serving import embedded_config, serve_in_thread  # noqa: E402
 from itsproxy.proxy.simulator import SimConfig, last_number, questions  # noqa: E402
 from itsproxy.proxy.simulator import serve_in_thread as serve_simulator  # noqa: E402

@@ -156,7 +156,7 @@ async def run_load(target: Target, count: int, concurrency: int, max_s: float) -
                 next_i += 1
                 try:
                     latencies.append(await asyncio.wait_for(w.one(i), max(0.1, deadline - time.monotonic())))
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HttpError) as exc:
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, HttpError) as exc:
                     errors += 1
                     sample_error = sample_error or f"{type(exc).__name__}: {exc}"[:300]
                     w.close()
@@ -184,7 +184,7 @@ async def paired(a: Target, b: Target, count: int, max_s: float) -> tuple[list[f
             for w, out in ((wa, la), (wb, lb)) if i % 2 == 0 else ((wb, lb), (wa, la)):
                 try:
                     out.append(await asyncio.wait_for(w.one(i), 30))
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HttpError):
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, HttpError):
                     errors += 1
     finally:
         wa.close()

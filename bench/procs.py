@@ -61,7 +61,7 @@ class Proc:
         assert self.popen is not None
         return self.popen.pid
 
-    def start(self, timeout: float = 90.0) -> "Proc":
+    def start(self, timeout: float = 90.0) -> Proc:
         """Spawn and wait until GET health answers 200; ready_s = spawn -> first 200."""
         log = open(self.log_path or os.devnull, "wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}

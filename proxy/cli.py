@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import logging
 import os
@@ -46,6 +47,7 @@ def summary(config: Config) -> str:
             what = f"passthrough -> {r.target}"
         else:
             p = r.pipeline
+            assert p is not None  # a scaling route has one
             pool = ", ".join(f"{m.model}x{m.n}" for m in p.generate.pool)
             what = f"{p.strategy} over {pool} (max_n {r.limits.max_n}, timeout {r.limits.timeout_s:g}s)"
             if p.repair:
@@ -93,18 +95,18 @@ def loop_debug_ms() -> float | None:
     return float(raw) if raw else None
 
 
-def debug_loop():
+def debug_loop() -> asyncio.AbstractEventLoop:
     """uvicorn loop factory (`loop="itsproxy.proxy.cli:debug_loop"`): uvloop (or asyncio) in debug mode.
     Debug stays on: uvicorn's runner calls set_debug(False) on the loop it is given."""
+    base: type[asyncio.AbstractEventLoop]
     try:
         import uvloop
 
-        base: type = uvloop.Loop
+        base = uvloop.Loop
     except ImportError:
-        import asyncio
-
         base = asyncio.SelectorEventLoop
-    pinned = type("DebugLoop", (base,), {"set_debug": lambda self, enabled: base.set_debug(self, True)})
+    pinned: type[asyncio.AbstractEventLoop] = type(
+        "DebugLoop", (base,), {"set_debug": lambda self, enabled: base.set_debug(self, True)})
     loop = pinned()
     loop.set_debug(True)
     loop.slow_callback_duration = (loop_debug_ms() or 100.0) / 1000.0

@@ -6,7 +6,7 @@ their runtime code can use them without importing the loader."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 
 class ConfigError(ValueError):
@@ -38,6 +38,10 @@ def seq(value: Any, path: str) -> list[Any]:
     return value
 
 
+@overload
+def string(value: Any, path: str, *, required: Literal[True] = True) -> str: ...
+@overload
+def string(value: Any, path: str, *, required: bool) -> str | None: ...
 def string(value: Any, path: str, *, required: bool = True) -> str | None:
     if value is None and not required:
         return None
@@ -46,6 +50,10 @@ def string(value: Any, path: str, *, required: bool = True) -> str | None:
     return value
 
 
+@overload
+def integer(value: Any, path: str, *, default: int, minimum: int = 0) -> int: ...
+@overload
+def integer(value: Any, path: str, *, default: None = None, minimum: int = 0) -> int | None: ...
 def integer(value: Any, path: str, *, default: int | None = None, minimum: int = 0) -> int | None:
     if value is None:
         return default
@@ -56,6 +64,12 @@ def integer(value: Any, path: str, *, default: int | None = None, minimum: int =
     return value
 
 
+@overload
+def number(value: Any, path: str, *, default: float, minimum: float = 0.0, maximum: float | None = None,
+           exclusive_min: bool = False) -> float: ...
+@overload
+def number(value: Any, path: str, *, default: None = None, minimum: float = 0.0, maximum: float | None = None,
+           exclusive_min: bool = False) -> float | None: ...
 def number(
     value: Any, path: str, *, default: float | None = None, minimum: float = 0.0,
     maximum: float | None = None, exclusive_min: bool = False,

@@ -36,7 +36,7 @@ class ApiError(Exception):
         err.update(self.extra)
         return {"error": err}
 
-    def redacted(self, redactor: Redactor) -> "ApiError":
+    def redacted(self, redactor: Redactor) -> ApiError:
         """A copy whose message, param, code and extra fields pass through the redactor."""
         return ApiError(self.status, redactor(self.message), code=redactor.optional(self.code),
                         param=redactor.optional(self.param), type=self.type, retry=self.retry,

@@ -9,6 +9,7 @@ from typing import Any
 
 from itsproxy.proxy.config import Route
 from itsproxy.proxy.metering.ledger import Ledger, Tokens
+from itsproxy.strategies.ranking import ranked
 from itsproxy.strategies.types import Candidate, Selection
 
 
@@ -24,6 +25,11 @@ class Outcome:
     created: int
     messages: list[dict[str, Any]]  # the client's conversation (for traces)
     params: dict[str, Any] = field(default_factory=dict)  # the client's forwarded parameters (for traces)
+    overrides: dict[str, Any] = field(default_factory=dict)  # what the route overrode of the client's request
+
+    def ranked(self, k: int) -> list[Candidate]:
+        """The k best distinct candidates by the route's ranking (strategies/ranking.py), winner first."""
+        return ranked(self.selection, k)
 
     @property
     def winner(self) -> Candidate:
@@ -51,13 +57,14 @@ class Outcome:
             "reasons": sel.reasons,
             "evidence": [evidence(c) for c in sel.candidates],
         }
-        if sel.info.get("agreement") is not None:
-            out["agreement"] = round(sel.info["agreement"], 4)
+        if sel.agreement is not None:
+            out["agreement"] = round(sel.agreement, 4)
         if sel.verified is not None:
             out["verified"] = sel.verified
-        for key, value in sel.info.items():
-            if key != "agreement" and key not in out:
-                out[key] = value
+        if self.overrides:
+            out["overrides"] = self.overrides
+        for key, value in sel.extras().items():
+            out.setdefault(key, value)
         return out
 
     def headers(self) -> dict[str, str]:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from itsproxy.strategies.stages.check import CheckStage
 
@@ -107,7 +108,7 @@ def model_secrets(params: dict[str, Any]) -> list[str]:
     return [str(v) for k, v in params.items() if is_secret_param(k) and isinstance(v, (str, int))]
 
 
-def config_secrets(config: "Config") -> list[str]:
+def config_secrets(config: Config) -> list[str]:
     """Every secret a loaded config holds: model credentials, server keys, checker headers and env."""
     out: list[str] = []
     for model in config.models.values():
@@ -118,12 +119,12 @@ def config_secrets(config: "Config") -> list[str]:
     return [s for s in out if s]
 
 
-def check_stages(config: "Config") -> list[CheckStage]:
+def check_stages(config: Config) -> list[CheckStage]:
     return [stage for route in config.routes if route.pipeline is not None
             for stage in route.pipeline.stages if isinstance(stage, CheckStage)]
 
 
-def install(config: "Config") -> Redactor:
+def install(config: Config) -> Redactor:
     """The config's redactor, also handed to every check stage (their critiques pass through it)."""
     redactor = Redactor(config_secrets(config))
     for stage in check_stages(config):

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from itsproxy.proxy.metering.budgets import build_budgets
 from itsproxy.proxy.config import Config, Route
 from itsproxy.proxy.errors import ApiError
+from itsproxy.proxy.metering.budgets import build_budgets
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
 from itsproxy.proxy.outcome import Outcome
 from itsproxy.proxy.routing import Router
@@ -38,7 +38,7 @@ class Services:
         self.budgets = build_budgets(config.budgets, config.server.state_dir,
                                      auth_enabled=bool(config.server.api_keys))
 
-    def report(self, ex: "Exchange") -> RequestReport:
+    def report(self, ex: Exchange) -> RequestReport:
         route, ledger, outcome = ex.route, ex.ledger, ex.outcome
         report = RequestReport(route=route.name if route else UNROUTED, status=ex.status,
                                duration_s=time.monotonic() - ex.started, calls=list(ledger.calls),
@@ -48,12 +48,12 @@ class Services:
             sel = outcome.selection
             report.selected = outcome.selected_tokens()
             report.candidates = len(sel.candidates)
-            report.agreement = sel.info.get("agreement")
+            report.agreement = sel.agreement
             report.verified = sel.verified
-            report.judge_checker_disagreements = int(sel.info.get("disagreements", 0) or 0)
-            stop = sel.info.get("stop") or {}
-            report.candidates_saved = int(stop.get("saved", 0) or 0)
-            report.tokens_saved_estimate = int(stop.get("tokens_saved_estimate", 0) or 0)
+            report.judge_checker_disagreements = sel.disagreements or 0
+            if sel.stop is not None:
+                report.candidates_saved = sel.stop.saved
+                report.tokens_saved_estimate = sel.stop.tokens_saved_estimate
         elif report.passthrough:
             report.selected = total
             report.candidates = sum(c.choices for c in ledger.calls)
@@ -67,7 +67,7 @@ class Services:
         for hook in self.hooks:
             hook(report, outcome)
 
-    def exchange(self, key: str | None) -> "Exchange":
+    def exchange(self, key: str | None) -> Exchange:
         ex = Exchange(self, key, time.monotonic(), Ledger())
         self._metrics.INFLIGHT.inc()  # until settled
         return ex
@@ -81,8 +81,7 @@ class Services:
             await self.budgets.aclose()
         for route in self.config.routes:  # checkers and reward stages hold clients
             for stage in route.pipeline.stages if route.pipeline else []:
-                if hasattr(stage, "aclose"):
-                    await stage.aclose()
+                await stage.aclose()
 
 
 @dataclass

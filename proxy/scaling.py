@@ -10,6 +10,7 @@ watcher, and settle the request's `Exchange` exactly once, however it ends
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
@@ -21,14 +22,15 @@ from starlette.responses import JSONResponse, Response
 
 from itsproxy.proxy.config import Route
 from itsproxy.proxy.errors import ApiError
-from itsproxy.proxy.redact import Redactor
 from itsproxy.proxy.http.auth import client_key
 from itsproxy.proxy.http.sse import KEEPALIVE, EventStream, client_gone
 from itsproxy.proxy.metering.ledger import Ledger
 from itsproxy.proxy.outcome import Outcome, new_id, passthrough_headers, passthrough_its
+from itsproxy.proxy.redact import Redactor
 from itsproxy.proxy.runtime import Exchange, Services
 from itsproxy.proxy.upstream.backends.base import UpstreamBusy, UpstreamError, UpstreamProtocolError
-from itsproxy.strategies.pipeline import NotEnoughCandidates, RunContext, Unverified
+from itsproxy.proxy.upstream.replies import Wire
+from itsproxy.strategies.pipeline import NotEnoughCandidates, Pipeline, RunContext, Unverified
 
 T = TypeVar("T")
 STREAM_GRACE_S = 2.0
@@ -43,8 +45,13 @@ class Call:
     params: dict[str, Any] = field(default_factory=dict)  # client parameters forwarded upstream
     stream: bool = False
     include_usage: bool = False
-    n: int | None = None  # the client's own n
+    n: int | None = None  # the client's own n (best_of on completions): candidates it wants compared
     its: dict[str, Any] = field(default_factory=dict)  # per-request route adjustments (extra_body its)
+    returned: int = 1  # choices the client gets back (its n)
+    prompt: str | None = None  # completions: the raw prompt
+    echo: bool = False  # completions: the prompt before each choice's text
+    text_logprobs: int | None = None  # completions: logprobs rendered in that API's shape
+    native: dict[str, Any] = field(default_factory=dict)  # the body a passthrough forwards as it came
 
 
 class ScalingStream(Protocol):
@@ -64,10 +71,14 @@ class Relay(Protocol):
 
 
 class Surface(Protocol):
+    wire: Wire  # the upstream endpoint a passthrough route forwards to
+
     def parse(self, body: Any) -> Call: ...
+    def check_scaling(self, call: Call) -> None: ...  # what a scaling route cannot do with this call: 400
     def upstream_body(self, call: Call) -> dict[str, Any]: ...
-    def render(self, outcome: Outcome) -> dict[str, Any]: ...
-    def render_passthrough(self, resp: dict[str, Any], its: dict[str, Any], usage: dict[str, int]) -> dict[str, Any]: ...
+    def render(self, outcome: Outcome, call: Call) -> dict[str, Any]: ...
+    def render_passthrough(self, resp: dict[str, Any], its: dict[str, Any],
+                           usage: dict[str, int]) -> dict[str, Any]: ...
     def scaling_stream(self, call: Call) -> ScalingStream: ...
     def relay(self, call: Call) -> Relay: ...
 
@@ -165,8 +176,9 @@ class Scaling:
                 return response
             if route.passthrough:
                 return await guarded(request, self._forward(surface, call, ex, deadline), deadline, route)
+            surface.check_scaling(call)
             ex.outcome = await guarded(request, self._run(call, ex, deadline), deadline, route)
-            return JSONResponse(surface.render(ex.outcome), headers=ex.outcome.headers())
+            return JSONResponse(surface.render(ex.outcome, call), headers=ex.outcome.headers())
         except ApiError as err:
             ex.fail(err)
             return err.response({"x-its-route": ex.route.name} if ex.route else None)
@@ -181,7 +193,8 @@ class Scaling:
         route, ledger = self._route(ex), ex.ledger
         sampler = self.s.upstream.bind(ledger, deadline)
         try:
-            resp, record = await sampler.call(sampler.entry(route.target), surface.upstream_body(call), "generate")
+            resp, record = await sampler.call(sampler.entry(route.target), surface.upstream_body(call), "generate",
+                                              surface.wire)
         except UpstreamError as exc:
             raise upstream_failure([exc], self.s.config.redactor, passthrough=True) from None
         its = passthrough_its(route, ledger, record.choices)
@@ -197,26 +210,25 @@ class Scaling:
     def _context(self, call: Call, route: Route, ledger: Ledger, deadline: float | None = None) -> RunContext:
         pipeline = route.pipeline
         assert pipeline is not None
-        n = call.its.get("n", pipeline.generate.n)
+        n = max(call.its.get("n", pipeline.generate.n), call.n or 1)  # at least what the client compares
         if n > route.limits.max_n:
-            raise ApiError(400, f"its.n={n} is above this route's limit of {route.limits.max_n}", param="its.n",
-                           code="n_above_limit")
+            param = "its.n" if call.its.get("n") == n else "n"
+            raise ApiError(400, f"n={n} is above this route's limit of {route.limits.max_n} candidates",
+                           param=param, code="n_above_limit")
         params = dict(call.params)
         seed = params.pop("seed", None)
-        # The route's temperature wins over the client's; without one, the client's stands.
-        if pipeline.generate.temperature is not None or any(m.temperature is not None for m in pipeline.generate.pool):
-            params.pop("temperature", None)
         return RunContext(messages=call.messages, params=params, sampler=self.s.upstream.bind(ledger, deadline), n=n,
-                          route=route.name, seed=seed, services=self.s, ledger=ledger,
+                          route=route.name, seed=seed, spend=ledger, http=self.s.upstream.endpoints.bind(ledger),
+                          search_stores=self.s.search_stores,
                           max_extra_tokens=route.limits.max_extra_tokens, max_cost_usd=route.limits.max_cost_usd)
 
     async def _run(self, call: Call, ex: Exchange, deadline: float) -> Outcome:
         route = self._route(ex)
         ctx = self._context(call, route, ex.ledger, deadline)
-        assert route.pipeline is not None
+        pipeline, overrides = _client_params(call, route)
         try:
             async with asyncio.timeout_at(deadline):
-                selection = await route.pipeline.run(ctx)
+                selection = await pipeline.run(ctx)
         except TimeoutError:
             raise deadline_error(route) from None
         except NotEnoughCandidates as exc:
@@ -228,7 +240,8 @@ class Scaling:
                            extra={"critiques": exc.critiques[:20], "candidates": len(exc.selection.candidates)},
                            headers={"x-its-verified": "false"}) from None
         rid, created = new_id()
-        return Outcome(route, call.model, selection, ex.ledger, rid, created, call.messages, call.params)
+        return Outcome(route, call.model, selection, ex.ledger, rid, created, call.messages, call.params,
+                       overrides=overrides)
 
     # -- streams ----------------------------------------------------------------------------------
 
@@ -238,6 +251,7 @@ class Scaling:
         if route.passthrough:
             events = await self._open_relay(request, surface, call, ex, deadline)
         else:
+            surface.check_scaling(call)
             self._context(call, route, ex.ledger)  # a bad its.n is a 400 before the stream opens
             events = self._scaling_events(surface.scaling_stream(call), call, ex, deadline)
 
@@ -282,7 +296,7 @@ class Scaling:
         own status), watching the client and the deadline from the first moment."""
         route = self._route(ex)
         body = {**surface.upstream_body(call), "stream_options": {"include_usage": True}}  # always meter
-        chunks = self.s.upstream.bind(ex.ledger, deadline).stream(route.target, body)
+        chunks = self.s.upstream.bind(ex.ledger, deadline).stream(route.target, body, wire=surface.wire)
         try:
             first = await guarded(request, _first(chunks), deadline, route)
         except UpstreamError as exc:
@@ -316,6 +330,24 @@ class Scaling:
                 yield part
         finally:
             await chunks.aclose()
+
+
+def _client_params(call: Call, route: Route) -> tuple[Pipeline, dict[str, Any]]:
+    """The pipeline this request runs, and what the route overrode of the client's request.
+
+    `client_params: override` (default): the route's temperature wins, and `its.overrides`
+    says so. `respect`: the client's temperature stands (a per-request copy of the spec)."""
+    pipeline = route.pipeline
+    assert pipeline is not None
+    spec, client = pipeline.generate, call.params.get("temperature")
+    route_temps = [t for t in (spec.temperature, *(m.temperature for m in spec.pool)) if t is not None]
+    if client is None or not route_temps:
+        return pipeline, {}
+    if route.client_params == "respect":
+        pool = [dataclasses.replace(m, temperature=None) for m in spec.pool]
+        return dataclasses.replace(pipeline, generate=dataclasses.replace(spec, temperature=None, pool=pool)), {}
+    return pipeline, {"temperature": {"client": client, "route": route_temps[0] if len(set(route_temps)) == 1
+                                      else sorted(set(route_temps))}}
 
 
 async def _first(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 import uvicorn
 
@@ -46,13 +46,22 @@ class ServerHandle:
             self.thread.join(timeout)
         self.sock.close()
 
-    def __enter__(self) -> "ServerHandle":
+    def __enter__(self) -> ServerHandle:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
+H = TypeVar("H", bound="ServerHandle")
+
+
+@overload
+def serve_in_thread(config: uvicorn.Config, host: str = "127.0.0.1", port: int = 0, timeout: float = 15.0,
+                    ) -> ServerHandle: ...
+@overload
+def serve_in_thread(config: uvicorn.Config, host: str = "127.0.0.1", port: int = 0, timeout: float = 15.0, *,
+                    handle_cls: type[H]) -> H: ...
 def serve_in_thread(config: uvicorn.Config, host: str = "127.0.0.1", port: int = 0,
                     timeout: float = 15.0, handle_cls: type[ServerHandle] = ServerHandle) -> ServerHandle:
     """Start `config.app` on (host, port) in a daemon thread; return once it accepts connections."""
@@ -81,7 +90,8 @@ def serve_in_thread(config: uvicorn.Config, host: str = "127.0.0.1", port: int =
     return handle_cls(server, thread, sock, host)
 
 
-def embedded_config(app: Any, host: str = "127.0.0.1", port: int = 0, lifespan: str = "on") -> uvicorn.Config:
+def embedded_config(app: Any, host: str = "127.0.0.1", port: int = 0, lifespan: Literal["auto", "on", "off"] = "on",
+                    ) -> uvicorn.Config:
     # Embedded: leave the host process's logging configuration alone.
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan=lifespan,
                           timeout_graceful_shutdown=1, backlog=4096, log_config=None)

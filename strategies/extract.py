@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable
+from typing import Any
 
-from itsproxy.strategies.types import SpecError
+from itsproxy.strategies.types import Candidate, SpecError
 
 KINDS = ("number", "regex", "boxed", "exact", "json", "tool_call")
 
@@ -27,6 +28,13 @@ class Extractor:
 
     def __call__(self, message: dict[str, Any]) -> str | None:
         return _FUNCS[self.kind](message, self.pattern)
+
+
+def extract_answers(extractor: Extractor | None, candidates: list[Candidate]) -> None:
+    """Set each candidate's `answer` (what it votes for); without an extractor, leave them unset."""
+    if extractor is not None:
+        for c in candidates:
+            c.answer = extractor(c.message)
 
 
 def build_extractor(spec: Any, path: str) -> Extractor:
@@ -70,12 +78,13 @@ def normalise_number(text: str) -> str | None:
     return format(value.normalize(), "f")
 
 
-def _number(message, _pattern) -> str | None:
+def _number(message: dict[str, Any], _pattern: re.Pattern[str] | None) -> str | None:
     found = _NUMBER.findall(_content(message))
     return normalise_number(found[-1]) if found else None
 
 
-def _regex(message, pattern) -> str | None:
+def _regex(message: dict[str, Any], pattern: re.Pattern[str] | None) -> str | None:
+    assert pattern is not None  # build_extractor compiles one for `regex`
     match = pattern.search(_content(message))
     if not match:
         return None
@@ -83,7 +92,7 @@ def _regex(message, pattern) -> str | None:
     return _normalise_text(value) if value is not None else None
 
 
-def _boxed(message, _pattern) -> str | None:
+def _boxed(message: dict[str, Any], _pattern: re.Pattern[str] | None) -> str | None:
     """The last \\boxed{...}, with nested braces balanced."""
     text = _content(message)
     start = text.rfind("\\boxed{")
@@ -102,7 +111,7 @@ def _normalise_text(text: str) -> str:
     return _SPACE.sub(" ", text).strip().lower()
 
 
-def _exact(message, _pattern) -> str | None:
+def _exact(message: dict[str, Any], _pattern: re.Pattern[str] | None) -> str | None:
     text = _normalise_text(_content(message))
     return text or None
 
@@ -111,7 +120,7 @@ def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _json(message, _pattern) -> str | None:
+def _json(message: dict[str, Any], _pattern: re.Pattern[str] | None) -> str | None:
     text = _content(message).strip()
     if text.startswith("```"):  # tolerate a fenced block
         text = text.strip("`").removeprefix("json").strip()
@@ -121,7 +130,7 @@ def _json(message, _pattern) -> str | None:
         return None
 
 
-def _tool_call(message, _pattern) -> str | None:
+def _tool_call(message: dict[str, Any], _pattern: re.Pattern[str] | None) -> str | None:
     calls = message.get("tool_calls") or []
     if not calls:
         return None

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from itsproxy.strategies.adaptive.rules import AdaptiveSpec, parse_adaptive
-from itsproxy.strategies.types import Candidate, Sampler, SpecError
-from itsproxy.strategies.search.strings import parse_search
+from itsproxy.strategies.ports import Sampler
+from itsproxy.strategies.search.strings import SearchSpec, parse_search
+from itsproxy.strategies.types import Candidate, Sample, SpecError
 
 AUGMENT_AS = ("system", "suffix")
 
@@ -36,7 +37,7 @@ class GenerateSpec:
     augment: list[str] = field(default_factory=list)
     augment_as: str = "system"
     params: dict[str, Any] = field(default_factory=dict)  # OpenAI parameters the route forces (response_format ...)
-    search: dict[str, Any] | None = None  # augment_search settings
+    search: SearchSpec | None = None  # augment_search settings
     adaptive: AdaptiveSpec | None = None
 
     @property
@@ -236,7 +237,7 @@ async def draw(
     # Later batches continue the round-robin where earlier ones stopped.
     groups = plan_groups(spec, n, augment_counts, offset=start_index)
 
-    async def run(gi: int, group: Group):
+    async def run(gi: int, group: Group) -> list[Sample]:
         msgs = messages
         if group.augment_index is not None:
             msgs = apply_augment(messages, spec.augment[group.augment_index], spec.augment_as)

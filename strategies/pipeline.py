@@ -7,20 +7,24 @@ wins (earliest on ties); with no stage at all, the first candidate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from itsproxy.strategies.adaptive.draw import AdaptiveDraw
-from itsproxy.strategies.extract import Extractor
+from itsproxy.strategies.extract import Extractor, extract_answers
 from itsproxy.strategies.generate import GenerateSpec, draw, parse_generate
+from itsproxy.strategies.ports import Filter, Picker, RunContext, Scorer, Stage
 from itsproxy.strategies.repair import RepairSpec, backprompt, parse_repair
 from itsproxy.strategies.search import strings_run as search_run
-from itsproxy.strategies.types import Candidate, Sampler, Selection, SpecError
 from itsproxy.strategies.stages.check import CheckStage
 from itsproxy.strategies.stages.judge import JudgeStage
 from itsproxy.strategies.stages.reward import RewardStage
 from itsproxy.strategies.stages.usc import UscStage
-from itsproxy.strategies.stages.vote import Tally, VoteStage
+from itsproxy.strategies.stages.vote import VoteStage
+from itsproxy.strategies.types import Candidate, RepairRound, RepairStop, Selection, SpecError
+
+__all__ = ["NotEnoughCandidates", "Pipeline", "RunContext", "Unverified", "build_pipeline"]
 
 
 class NotEnoughCandidates(Exception):
@@ -39,44 +43,7 @@ class Unverified(Exception):
         self.selection, self.critiques = selection, critiques
 
 
-@dataclass
-class RunContext:
-    """One request's view, as the strategies see it."""
-
-    messages: list[dict[str, Any]]
-    params: dict[str, Any]  # the client's forwarded parameters (n/temperature already removed)
-    sampler: Sampler
-    n: int
-    route: str
-    seed: int | None = None
-    services: Any = None  # app-level helpers stages may need (search store, http client)
-    ledger: Any = None  # proxy.ledger.Ledger: stages calling non-chat endpoints record their calls here
-    max_extra_tokens: int | None = None  # the route's per-request spend caps
-    max_cost_usd: float | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def spend_cap_reached(self, candidates: list[Candidate]) -> str | None:
-        """Which per-request cap the spend so far has reached, if any.
-
-        Extra tokens so far = everything spent minus the dearest candidate's own
-        tokens (whichever wins, at least that much was extra): a lower bound, so
-        a cap only stops drawing once it is surely reached.
-        """
-        if self.ledger is None:
-            return None
-        if self.max_extra_tokens is not None:
-            own = max((c.sample.prompt_tokens + c.sample.completion_tokens for c in candidates), default=0)
-            if self.ledger.total().total_tokens - own >= self.max_extra_tokens:
-                return "max_extra_tokens"
-        if self.max_cost_usd is not None:
-            cost = self.ledger.cost_usd()
-            if cost is not None and cost >= self.max_cost_usd:
-                return "max_cost_usd"
-        return None
-
-
-def _stage_builders() -> dict[str, Callable[..., Any]]:
-
+def _stage_builders() -> dict[str, Callable[[Any, str], Stage]]:
     return {"vote": VoteStage.build, "check": CheckStage.build, "judge": JudgeStage.build,
             "reward": RewardStage.build, "usc": UscStage.build}
 
@@ -84,24 +51,30 @@ def _stage_builders() -> dict[str, Callable[..., Any]]:
 @dataclass
 class Pipeline:
     generate: GenerateSpec
-    stages: list[Any]
+    stages: list[Stage]
     extractor: Extractor | None
     repair: RepairSpec | None = None
     on_unverified: str = "error"
     min_candidates: int = 1
 
     @property
-    def filters(self) -> list[Any]:
+    def filters(self) -> list[Filter]:
         return [s for s in self.stages if s.role == "filter"]
+
+    @property
+    def scorers(self) -> list[Scorer]:
+        return [s for s in self.stages if s.role == "scorer"]
+
+    @property
+    def picker(self) -> Picker | None:
+        return next((s for s in self.stages if s.role == "picker"), None)
 
     @property
     def strategy(self) -> str:
         return "+".join(s.name for s in self.stages) or "first"
 
     def extract(self, candidates: list[Candidate]) -> None:
-        if self.extractor is not None:
-            for c in candidates:
-                c.answer = self.extractor(c.message)
+        extract_answers(self.extractor, candidates)
 
     async def run(self, ctx: RunContext) -> Selection:
         candidates, rounds = await self._draw_and_check(ctx)
@@ -109,7 +82,7 @@ class Pipeline:
         pool = [c for c in candidates if c.verified] if hard else candidates
         if hard and not pool:
             if self.on_unverified == "error":
-                sel = Selection(None, candidates, self.strategy, verified=False, info={"rounds": rounds})
+                sel = Selection(None, candidates, self.strategy, verified=False, rounds=rounds)
                 if self.generate.search is not None:
                     await search_run.learn(ctx, self.generate.search, sel)
                 raise Unverified(sel, _critiques(candidates))
@@ -117,16 +90,15 @@ class Pipeline:
         selection = await self._choose(ctx, pool, candidates)
         if self.generate.search is not None:
             await search_run.learn(ctx, self.generate.search, selection)
-        selection.info["rounds"] = rounds
-        if "stop" in ctx.info:
-            selection.info["stop"] = ctx.info["stop"]
+        selection.rounds = rounds
+        selection.stop = ctx.stop
         if hard:
             selection.verified = bool(selection.winner and selection.winner.verified)
         return selection
 
-    async def _draw_and_check(self, ctx: RunContext) -> tuple[list[Candidate], list[dict[str, Any]]]:
+    async def _draw_and_check(self, ctx: RunContext) -> tuple[list[Candidate], list[RepairRound]]:
         candidates: list[Candidate] = []
-        rounds: list[dict[str, Any]] = []
+        rounds: list[RepairRound] = []
         messages = ctx.messages
         max_rounds = self.repair.rounds if (self.repair and self.filters) else 0
         for rnd in range(max_rounds + 1):
@@ -141,10 +113,11 @@ class Pipeline:
                 break
             cap = ctx.spend_cap_reached(candidates)
             if cap is not None:  # no more repair rounds: decide with what is there, and say so
-                ctx.info["stop"] = {"rule": "repair", "reason": cap, "drawn": len(candidates), "rounds": rnd}
+                ctx.stop = RepairStop(reason=cap, drawn=len(candidates), rounds=rnd)
                 break
-            messages, sent = backprompt(self.repair, ctx.messages, batch)
-            rounds.append({"round": rnd + 1, "after": [c.index for c in batch], **sent})
+            assert self.repair is not None  # max_rounds > 0
+            messages, shown, critiques = backprompt(self.repair, ctx.messages, batch)
+            rounds.append(RepairRound(rnd + 1, [c.index for c in batch], shown, critiques))
         return candidates, rounds
 
     async def _plan_strings(self, ctx: RunContext, n: int) -> list[int] | None:
@@ -154,9 +127,11 @@ class Pipeline:
         return counts
 
     async def _draw_adaptive(self, ctx: RunContext, messages: list[dict[str, Any]]) -> list[Candidate]:
+        assert self.generate.adaptive is not None
         counts = await self._plan_strings(ctx, ctx.n)
-        drawn = await AdaptiveDraw(self, ctx, self.generate.adaptive, messages, counts).run()
-        ctx.info["stop"] = drawn.stop(ctx.n)
+        drawn = await AdaptiveDraw(self.generate, self.extractor, self.filters, self.scorers, ctx,
+                                   self.generate.adaptive, messages, counts).run()
+        ctx.stop = drawn.stop(ctx.n)
         self._enough(drawn.candidates, drawn.errors, ctx.n)
         return drawn.candidates
 
@@ -180,25 +155,24 @@ class Pipeline:
         # With hard checks present, scorers see every candidate, so where a judge and a
         # checker disagree (in either direction) it is on record.
         scored = everyone if self.filters else pool
-        for stage in self.stages:
-            if stage.role == "scorer":  # candidates scored while drawing (adaptive) are not scored again
-                await stage.apply(ctx, [c for c in scored if stage.name not in c.scores])
+        for stage in self.scorers:  # candidates scored while drawing (adaptive) are not scored again
+            await stage.apply(ctx, [c for c in scored if stage.name not in c.scores])
         selection = await self._pick(ctx, pool, everyone)
         if self.filters:
-            selection.info["disagreements"] = count_disagreements(scored)
+            selection.disagreements = count_disagreements(scored)
         return selection
 
     async def _pick(self, ctx: RunContext, pool: list[Candidate], everyone: list[Candidate]) -> Selection:
-        picker = next((s for s in self.stages if s.role == "picker"), None)
+        picker = self.picker
         if picker is not None:
-            tally: Tally = await picker.pick(ctx, pool)
+            tally = await picker.pick(ctx, pool)
             winner = tally.winner
-            reasons = (["tie broken by earliest candidate"] if tally.tie else []) + list(getattr(tally, "reasons", []))
+            reasons = (["tie broken by earliest candidate"] if tally.tie else []) + tally.reasons
             if winner is None:  # nobody had an extractable answer: fall back, and say so
                 winner, reasons = pool[0], ["no candidate had an extractable answer; returned the first"]
             return Selection(winner, everyone, self.strategy, votes=tally.votes, tie=tally.tie, reasons=reasons,
-                             info={"agreement": tally.agreement})
-        if any(s.role == "scorer" for s in self.stages):
+                             agreement=tally.agreement)
+        if self.scorers:
             scored = [c for c in pool if "score" in c.scores]
             if not scored:
                 return Selection(pool[0], everyone, self.strategy,
@@ -220,7 +194,7 @@ def count_disagreements(candidates: list[Candidate]) -> int:
 
 
 def _critiques(candidates: list[Candidate]) -> list[str]:
-    out = []
+    out: list[str] = []
     for c in candidates:
         out += [f"candidate {c.index}: {v.checker}: {v.critique}" for v in c.verdicts if v.hard and not v.passed]
     return out
@@ -232,7 +206,7 @@ def build_pipeline(route: dict[str, Any], path: str, models: set[str]) -> Pipeli
     if not isinstance(select, list):
         raise SpecError(f"{path}.select", "must be a list of single-key stages")
     builders = _stage_builders()
-    stages = []
+    stages: list[Stage] = []
     for i, item in enumerate(select):
         p = f"{path}.select[{i}]"
         if not isinstance(item, dict) or len(item) != 1:
@@ -244,9 +218,9 @@ def build_pipeline(route: dict[str, Any], path: str, models: set[str]) -> Pipeli
     pickers = [i for i, s in enumerate(stages) if s.role == "picker"]
     if len(pickers) > 1 or (pickers and pickers[0] != len(stages) - 1):
         raise SpecError(f"{path}.select", "at most one picker (vote, usc), and it must be the last stage")
-    extractor = next((s.extractor for s in stages if getattr(s, "extractor", None) and s.role == "picker"), None)
+    extractor = next((s.extractor for s in stages if s.role == "picker"), None)
     for s in stages:  # a check stage without its own extractor takes the vote's
-        if s.role == "filter" and getattr(s, "extractor", None) is None:
+        if s.role == "filter" and s.extractor is None:
             s.extractor = extractor
     on_unverified = route.get("on_unverified", "error")
     if on_unverified not in ("error", "best_effort"):
@@ -261,13 +235,13 @@ def build_pipeline(route: dict[str, Any], path: str, models: set[str]) -> Pipeli
     return Pipeline(spec, stages, extractor, repair, on_unverified, min_c)
 
 
-def _check_adaptive(spec: GenerateSpec, stages: list[Any], extractor: Extractor | None, path: str) -> None:
+def _check_adaptive(spec: GenerateSpec, stages: list[Stage], extractor: Extractor | None, path: str) -> None:
     """An adaptive rule needs something to decide on: votes, hard checks, or pointwise scores."""
     if spec.adaptive is None or extractor is not None or any(s.role == "filter" for s in stages):
         return
     scorers = [s for s in stages if s.role == "scorer"]
     if not scorers:
         raise SpecError(f"{path}.generate.adaptive", "needs a vote, a check, or a pointwise judge/reward to decide on")
-    if not all(getattr(s, "incremental", False) for s in scorers):
+    if not all(s.incremental for s in scorers):
         raise SpecError(f"{path}.generate.adaptive", "over scores needs pointwise scorers (a pairwise "
                         "tournament cannot score batches as they arrive)")

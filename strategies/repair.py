@@ -44,20 +44,23 @@ def parse_repair(raw: Any, path: str) -> RepairSpec | None:
 def _failed_to_show(batch: list[Candidate]) -> Candidate:
     """The failed candidate whose answer most of the batch shares: fixing it helps most."""
     failed = [c for c in batch if c.failed_check] or batch
-    counts: dict[Any, int] = {}
+    counts: dict[str | None, int] = {}
     for c in failed:
         counts[c.answer] = counts.get(c.answer, 0) + 1
     return max(failed, key=lambda c: (counts[c.answer], -c.index))
 
 
-def backprompt(spec: RepairSpec, messages: list[dict[str, Any]], batch: list[Candidate]) -> tuple[list, dict]:
-    """The client's conversation, the failed answer as the assistant turn, then the critiques."""
+def backprompt(spec: RepairSpec, messages: list[dict[str, Any]], batch: list[Candidate],
+               ) -> tuple[list[dict[str, Any]], int, list[str]]:
+    """The client's conversation, the failed answer as the assistant turn, then the critiques.
+
+    Returns the new conversation, the index of the candidate shown, and the critiques sent.
+    """
     shown = _failed_to_show(batch)
     critiques = [v.critique or f"{v.checker} failed" for v in shown.verdicts if v.hard and not v.passed]
     text = spec.template.replace("{critiques}", "\n".join(f"- {c}" for c in critiques) or "- (no detail)")
     assistant = {"role": "assistant", "content": _as_text(shown.message)}
-    return [*messages, assistant, {"role": "user", "content": text}], {
-        "shown": shown.index, "critiques": critiques}
+    return [*messages, assistant, {"role": "user", "content": text}], shown.index, critiques
 
 
 def _as_text(message: dict[str, Any]) -> str:

@@ -1,14 +1,14 @@
 """The data that crosses the boundary between the proxy and the strategies.
 
-Strategies never do HTTP themselves: they ask a `Sampler` for completions and
-hand back a `Selection`. Everything here is plain data, so the selection logic
-can be tested without a server.
+Strategies never do HTTP themselves: they ask the ports in `ports.py` (a
+`Sampler`, a `MeteredHttp` ...) and hand back a `Selection`. Everything here is
+plain data, so the selection logic can be tested without a server.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 
 class SpecError(ValueError):
@@ -91,6 +91,66 @@ class Candidate:
 
 
 @dataclass
+class Tally:
+    """A picker's decision (vote, usc)."""
+
+    votes: dict[str, float]  # answer -> count (or summed weight), in first-seen order
+    winner: Candidate | None
+    tie: bool  # the top score was shared; broken by earliest candidate
+    agreement: float | None  # winner's share of the votes cast
+    reasons: list[str] = field(default_factory=list)  # why, in words (copied into the selection)
+
+
+@dataclass(frozen=True)
+class AdaptiveStop:
+    """`its.stop` of an adaptive draw: which rule stopped it, and what that saved."""
+
+    rule: str
+    reason: str
+    drawn: int
+    max: int
+    posterior: float | None
+    saved: int
+    tokens_saved_estimate: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "reason": self.reason, "drawn": self.drawn, "max": self.max,
+                "posterior": self.posterior, "saved": self.saved,
+                "tokens_saved_estimate": self.tokens_saved_estimate}
+
+
+@dataclass(frozen=True)
+class RepairStop:
+    """`its.stop` of a repair loop a spend cap cut short."""
+
+    reason: str  # the cap reached
+    drawn: int
+    rounds: int  # repair rounds done
+    rule: str = "repair"
+    saved: int = 0  # nothing is estimated as saved: the rounds were optional
+    tokens_saved_estimate: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "reason": self.reason, "drawn": self.drawn, "rounds": self.rounds}
+
+
+Stop = AdaptiveStop | RepairStop
+
+
+@dataclass(frozen=True)
+class RepairRound:
+    """One back-prompt: which batch failed, which candidate was shown, with which critiques."""
+
+    round: int
+    after: list[int]
+    shown: int
+    critiques: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "after": self.after, "shown": self.shown, "critiques": self.critiques}
+
+
+@dataclass
 class Selection:
     """What a route's pipeline decided."""
 
@@ -101,22 +161,20 @@ class Selection:
     tie: bool = False
     verified: bool | None = None  # None: no hard check ran
     reasons: list[str] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)  # stage extras: stop, rounds, search ...
+    agreement: float | None = None  # a picker's winner share of the votes
+    rounds: list[RepairRound] = field(default_factory=list)
+    stop: Stop | None = None  # why drawing stopped early (adaptive rule or spend cap)
+    search: dict[str, Any] | None = None  # the augmenting-string search's allocation (`its.search`)
+    disagreements: int | None = None  # judge vs hard checks; None when no hard check ran
 
-
-class Sampler(Protocol):
-    """Draws completions for one request; bound to its ledger and deadline.
-
-    Raises `SampleError` only when no choice at all could be had; a partial
-    batch is returned as what it is.
-    """
-
-    async def sample(
-        self,
-        messages: list[dict[str, Any]],
-        *,
-        model: str,
-        n: int = 1,
-        phase: str = "generate",
-        params: dict[str, Any] | None = None,
-    ) -> list[Sample]: ...
+    def extras(self) -> dict[str, Any]:
+        """The stage evidence for the `its` block, as JSON (besides votes, agreement, verified)."""
+        out: dict[str, Any] = {}
+        if self.disagreements is not None:
+            out["disagreements"] = self.disagreements
+        if self.search is not None:
+            out["search"] = self.search
+        out["rounds"] = [r.as_dict() for r in self.rounds]
+        if self.stop is not None:
+            out["stop"] = self.stop.as_dict()
+        return out

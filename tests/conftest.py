@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import openai
@@ -15,8 +16,8 @@ from itsproxy.proxy.upstream.litellm_loader import OFFLINE_ENV
 for _k, _v in OFFLINE_ENV.items():
     os.environ.setdefault(_k, _v)
 
-from itsproxy.proxy.http.app import create_app  # noqa: E402
 from itsproxy.proxy.config import parse_config  # noqa: E402
+from itsproxy.proxy.http.app import create_app  # noqa: E402
 from itsproxy.proxy.serving import ServerHandle, embedded_config, serve_in_thread  # noqa: E402
 from itsproxy.proxy.simulator import SimConfig  # noqa: E402
 from itsproxy.proxy.simulator import serve_in_thread as serve_simulator  # noqa: E402

@@ -20,10 +20,9 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from itsproxy.proxy.telemetry import dashboard
-
 from itsproxy.proxy import serving
 from itsproxy.proxy.metering.ledger import CallRecord, RequestReport, Tokens
+from itsproxy.proxy.telemetry import dashboard
 
 WAIT_S = 30.0  # upper bound for every wait on an external process
 

@@ -11,12 +11,11 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import sim_models
+from itsproxy.proxy.metering.tokens import count_messages, count_text
 from itsproxy.proxy.simulator import SimConfig, parse_question
 from itsproxy.proxy.simulator import serve_in_thread as serve_simulator
 from itsproxy.proxy.simulator.model import FILLERS, TEMPLATES
-from itsproxy.proxy.metering.tokens import count_messages, count_text
-
-from conftest import sim_models
 
 EASY = "sim-easy"  # every question easy: p in [0.90, 0.99]
 QUESTIONS = ["What is 12 + 30?", "What is 250 + 17?", "What is 48 + 51?", "What is 1234 + 567?",

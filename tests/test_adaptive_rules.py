@@ -11,8 +11,20 @@ from types import SimpleNamespace
 import pytest
 
 from itsproxy.strategies.adaptive.rules import (
-    AdaptiveSpec, Decision, beta_tail, draws_before_stop, final_majority, leaders, mean_completion_tokens,
-    next_batch, next_verified_batch, parse_adaptive, posterior, should_stop, stop_info, stop_on_verified,
+    AdaptiveSpec,
+    Decision,
+    beta_tail,
+    draws_before_stop,
+    final_majority,
+    leaders,
+    mean_completion_tokens,
+    next_batch,
+    next_verified_batch,
+    parse_adaptive,
+    posterior,
+    should_stop,
+    stop_info,
+    stop_on_verified,
 )
 from itsproxy.strategies.types import SpecError
 
@@ -229,7 +241,7 @@ def test_stop_info_shape():
     cands = [_cand("1", False, 10), _cand("1", False, 13)]
     assert mean_completion_tokens(cands) == 11.5
     d = should_stop(spec(rule="beta", confidence=0.9375), ["1"] * 3, 3, 9)
-    assert stop_info(d, 3, 9, 11.5) == {"rule": "beta", "reason": "confident", "drawn": 3, "max": 9,
+    assert stop_info(d, 3, 9, 11.5).as_dict() == {"rule": "beta", "reason": "confident", "drawn": 3, "max": 9,
                                         "posterior": 0.9375, "saved": 6, "tokens_saved_estimate": 69}
     assert mean_completion_tokens([]) == 0.0
 

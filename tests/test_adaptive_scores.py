@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import sim_models
 from itsproxy.proxy.config import parse_config
 from itsproxy.proxy.config_fields import ConfigError
-
-from conftest import sim_models
 
 
 def route(select, **adaptive):

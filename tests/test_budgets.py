@@ -6,19 +6,26 @@ import asyncio
 import base64
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
+from itsproxy.proxy.config_fields import ConfigError
+from itsproxy.proxy.errors import ApiError
 from itsproxy.proxy.http.auth import client_key
 from itsproxy.proxy.metering.budgets import (
-    ANONYMOUS, BudgetConfig, BudgetLimits, Budgets, MemoryBudgetStore, SqliteBudgetStore, build_budgets, key_id,
+    ANONYMOUS,
+    BudgetConfig,
+    BudgetLimits,
+    Budgets,
+    MemoryBudgetStore,
+    SqliteBudgetStore,
+    build_budgets,
+    key_id,
     parse_budgets,
 )
-from itsproxy.proxy.errors import ApiError
-from itsproxy.proxy.config_fields import ConfigError
 
-NOW = datetime(2024, 5, 1, 21, 0, 0, tzinfo=timezone.utc)  # 3 h before the UTC day ends
+NOW = datetime(2024, 5, 1, 21, 0, 0, tzinfo=UTC)  # 3 h before the UTC day ends
 
 
 class Clock:
@@ -60,7 +67,7 @@ async def test_other_keys_unaffected_and_budget_resets_next_utc_day():
     await b.check("sk-b")
     with pytest.raises(ApiError):
         await b.check("sk-a")
-    clock.now = datetime(2024, 5, 2, 0, 0, 1, tzinfo=timezone.utc)
+    clock.now = datetime(2024, 5, 2, 0, 0, 1, tzinfo=UTC)
     await b.check("sk-a")
 
 

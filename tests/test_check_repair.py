@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Proxy, sim_models
-from itsproxy.proxy.http.app import create_app
 from itsproxy.proxy.config import parse_config
+from itsproxy.proxy.http.app import create_app
 from itsproxy.proxy.serving import embedded_config, serve_in_thread
 from itsproxy.proxy.simulator import questions
 from tests import soundness_oracle
@@ -35,7 +35,7 @@ def ask(client, model, q, seed):
 def test_repair_rounds_are_metered_and_recorded(make_proxy, fresh_sim):
     p = make_proxy({"routes": [route("fix", n=2, rounds=2)]}, fresh_sim)
     # find a seeded question whose first batch fails, so a repair round runs
-    for i, (q, truth) in enumerate(questions(seed=5, count=60)):
+    for i, (q, truth) in enumerate(questions(seed=5, count=60)):  # noqa: B007 - read after the break
         r = ask(p.client, "fix", q, i)
         its = r.model_extra["its"]
         if its["rounds"]:

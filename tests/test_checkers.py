@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from checker_helpers import PATH, QUESTION, cand, one, run
 from itsproxy.strategies.checkers.build import (
     aclose_checkers,
     build_checkers,
@@ -18,9 +19,6 @@ from itsproxy.strategies.checkers.build import (
     payload_for,
 )
 from itsproxy.strategies.types import SpecError
-
-from checker_helpers import PATH, QUESTION, cand, one, run
-
 
 # ---------------------------------------------------------------- payload, stage
 

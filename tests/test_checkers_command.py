@@ -12,7 +12,6 @@ import pytest
 from checker_helpers import PATH, QUESTION, cand, one, py, run
 from itsproxy.strategies.checkers.build import build_checkers, check_candidates, payload_for
 
-
 # ---------------------------------------------------------------- command
 
 

@@ -64,15 +64,11 @@ def test_body_too_large(proxy):
 
 
 @pytest.mark.parametrize("key", ["api_base", "base_url", "api_key", "extra_headers", "custom_llm_provider",
-                                 "mock_response"])
+                                 "mock_response", "API_BASE", "Extra_Headers"])
 def test_forbidden_parameters(proxy, key):
     err = error_of(post(proxy, {"model": "sim", "messages": MSG, key: "http://evil.example"}), 400,
                    "forbidden_parameter")
     assert err["param"] == key
-
-
-def test_unknown_parameter_rejected(proxy):
-    error_of(post(proxy, {"model": "sim", "messages": MSG, "frobnicate": 1}), 400, "unsupported_parameter")
 
 
 def test_its_n_above_limit(proxy):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from itsproxy.proxy.simulator import questions
-
 from conftest import PASS_ROUTE, VOTE_ROUTE
+from itsproxy.proxy.simulator import questions
 
 
 def ask(client, model, q, seed, **kw):

@@ -84,7 +84,7 @@ def test_acquire_skips_cooling_and_excluded_deployments():
 def test_rpm_window_slides():
     b, clock = balancer()
     e = entry(dep(0, rpm=10))
-    for i in range(10):
+    for _ in range(10):
         b.acquire(e).done(tokens=5)
         clock.now += 1  # calls at t=0..9
     with pytest.raises(NoDeployment) as exc:

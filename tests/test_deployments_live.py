@@ -6,9 +6,9 @@ import httpx
 import openai
 import pytest
 
+from conftest import KEY
 from itsproxy.proxy.simulator import SimConfig
 from itsproxy.proxy.simulator import serve_in_thread as serve_simulator
-from conftest import KEY
 
 ASK = [{"role": "user", "content": "What is 2 + 3?"}]
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from itsproxy.strategies.extract import build_extractor
-from itsproxy.strategies.types import Candidate, Sample, SpecError
 from itsproxy.strategies.stages.vote import tally
+from itsproxy.strategies.types import Candidate, Sample, SpecError
 
 
 def msg(content=None, tool_calls=None):

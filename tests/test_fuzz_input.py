@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import PASS_ROUTE, VOTE_ROUTE, Proxy, sim_models
-from itsproxy.proxy.http.app import create_app
 from itsproxy.proxy.config import parse_config
+from itsproxy.proxy.http.app import create_app
 from itsproxy.proxy.serving import embedded_config, serve_in_thread
 
 json_values = st.recursive(

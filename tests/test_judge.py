@@ -11,13 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
+from conftest import send_json, sim_models, stage_helpers, start_proxy
 from itsproxy.proxy.config import parse_config
 from itsproxy.proxy.config_fields import ConfigError
 from itsproxy.proxy.simulator.questions import last_number, questions
 from itsproxy.strategies.stages.judge import JudgeStage, yes_no_text, yes_probability
 from itsproxy.strategies.types import SpecError
-
-from conftest import send_json, sim_models, stage_helpers, start_proxy
 
 PATH = "routes[1].select[0].judge"
 Q = "What is 123 + 456?"

@@ -8,16 +8,15 @@ import json
 import socket
 import threading
 import time
-from statistics import mean
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from statistics import mean
 
 import pytest
 
+from conftest import send_json, sim_models
 from itsproxy.proxy.config import parse_config
 from itsproxy.strategies.stages.reward import RewardStage, logistic, normalise
 from itsproxy.strategies.types import SpecError
-
-from conftest import send_json, sim_models
 
 PATH = "routes[0].select[1].reward"
 Q = "What is 305 + 218?"
@@ -137,16 +136,19 @@ def test_generative_reward_uses_yes_probability(make_proxy, sim):
     assert "judge" not in its["usage"]["by_phase"]
 
 
-def test_stage_closes_its_client(make_proxy, sim):
+def test_endpoint_client_is_closed_with_the_upstream(make_proxy, sim):
+    from itsproxy.proxy.upstream.sampler import Upstream
+
     cfg = parse_config({"model_list": sim_models(sim.url), "routes": [route([{"reward": {"url": f"{sim.url}/reward"}}])]})
-    stage = cfg.routes[0].pipeline.stages[0]
+    up = Upstream(cfg)
+
     async def use():
-        stage.client()
-        await stage.aclose()
-        await stage.aclose()  # twice is fine
+        up.endpoints.client()
+        await up.aclose()
+        await up.endpoints.aclose()  # twice is fine
 
     asyncio.run(use())
-    assert stage._client is None
+    assert up.endpoints._client is None
 
 
 # ---------------------------------------------------------------- failures: notes, never crashes

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from itsproxy.proxy.telemetry import metrics
 from itsproxy.proxy.config import ConfigError, parse_config
-from itsproxy.proxy.storage.search_store import SearchStore
 from itsproxy.proxy.simulator import SimConfig
 from itsproxy.proxy.simulator import serve_in_thread as serve_simulator
+from itsproxy.proxy.storage.search_store import SearchStore
+from itsproxy.proxy.telemetry import metrics
 from itsproxy.strategies.search.strings import ArmStats, allocate, request_rng, rewards_for
 from itsproxy.strategies.types import Candidate, Sample, Selection, Verdict
 from tests.conftest import sim_models

@@ -22,9 +22,7 @@ from itsproxy.proxy.simulator import (
     truth_of,
 )
 from itsproxy.proxy.simulator.questions import last_number
-
 from sim_helpers import QS, accuracy, answers, chat, client, fresh, http, sim, user  # noqa: F401 - fixtures
-
 
 # ---------------------------------------------------------------- answers
 
@@ -69,7 +67,7 @@ def test_majority_vote_is_not_trivial(http):
 
 
 def test_temperature_zero_is_greedy(http):
-    for q, truth in QS[:20]:
+    for q, _truth in QS[:20]:
         resp = chat(http, messages=user(q), n=3, temperature=0)
         assert len({c["message"]["content"] for c in resp["choices"]}) == 1
     low = chat(http, model="sim@acc=0.2,0.2", messages=user(QS[0][0]), temperature=0)

@@ -10,7 +10,6 @@ import pytest
 
 from itsproxy.proxy.metering import tokens
 from itsproxy.proxy.simulator import SimConfig, parse_model_options
-
 from sim_helpers import QS, client, fresh, http, sim, user  # noqa: F401 - fixtures
 
 Q = user(QS[0][0])

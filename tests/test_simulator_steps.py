@@ -9,7 +9,6 @@ import openai
 import pytest
 
 from itsproxy.proxy.simulator.steps import STEP_RE, chains, find_chain
-
 from sim_helpers import client, http, sim, user  # noqa: F401 - fixtures
 
 CHAINS = chains(5, 40)

@@ -11,7 +11,6 @@ import tiktoken
 
 from itsproxy.proxy.metering import tokens
 from itsproxy.proxy.simulator.questions import last_number
-
 from sim_helpers import QS, client, fresh, http, sim  # noqa: F401 - fixtures
 
 FEWSHOT = "Q: What is 2 + 3?\nA: 5\n\nQ: What is 17 + 25?\nA:"

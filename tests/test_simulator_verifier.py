@@ -6,7 +6,6 @@ import json
 
 from sim_helpers import QS, accuracy, answers, chat, http, sim, user  # noqa: F401 - fixtures
 
-
 # ---------------------------------------------------------------- verifier behaviour
 
 

@@ -15,7 +15,15 @@ import pytest
 
 from itsproxy.proxy.cli import main as cli_main
 from itsproxy.proxy.config_fields import ConfigError
-from itsproxy.proxy.telemetry.traces import TraceFile, TraceHook, TraceSettings, TraceWriter, build_trace_hook, parse_traces, redact
+from itsproxy.proxy.telemetry.traces import (
+    TraceFile,
+    TraceHook,
+    TraceSettings,
+    TraceWriter,
+    build_trace_hook,
+    parse_traces,
+    redact,
+)
 from tests.conftest import KEY, PASS_ROUTE
 
 CHECKED = {"name": "checked", "match": {"model": "math-checked"}, "generate": {"model": "sim", "n": 3, "temperature": 0.8},
@@ -176,7 +184,7 @@ def test_retention_and_keep_files(tmp_path):
     path = str(tmp_path / "traces.jsonl")
     old = time.time() - 40 * 86400
     for n in range(1, 5):
-        Path(f"{path}.{n}").write_text('{"n": %d}\n' % n)
+        Path(f"{path}.{n}").write_text(f'{{"n": {n}}}\n')
     os.utime(f"{path}.3", (old, old))
     w = TraceWriter(TraceSettings(path=path, max_bytes=1024, keep_files=3, retention_days=30))  # startup prune
     assert w.flush()

@@ -14,7 +14,7 @@ from itsproxy.proxy.metering.ledger import CallRecord, Ledger
 from itsproxy.proxy.metering.tokens import count_message
 from itsproxy.proxy.upstream.backends.base import UpstreamError, UpstreamProtocolError
 from itsproxy.proxy.upstream.sampler import Upstream
-from tests.difficult_upstream import ANSWER, Difficult, serve
+from tests.difficult_upstream import ANSWER, serve
 
 USER = [{"role": "user", "content": "What is six times seven?"}]
 MODES = ["ok", "multiline", "comments", "crlf", "cr", "bom", "split", "no_done", "truncated", "cut_event",

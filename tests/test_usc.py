@@ -7,13 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
+from conftest import sim_models, stage_helpers, start_proxy
 from itsproxy.proxy.config import parse_config
 from itsproxy.proxy.config_fields import ConfigError
 from itsproxy.proxy.simulator.questions import last_number, questions
-from itsproxy.strategies.types import SpecError
 from itsproxy.strategies.stages.usc import UscStage
-
-from conftest import sim_models, stage_helpers, start_proxy
+from itsproxy.strategies.types import SpecError
 
 PATH = "routes[0].select[0].usc"
 Q = "What is 977 + 868?"

@@ -14,10 +14,11 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from itsproxy.proxy.config_fields import ConfigError, boolean, integer, mapping, number, string
+from itsproxy.proxy.config_fields import ConfigError, boolean, choice, integer, mapping, number, string
 from itsproxy.proxy.redact import model_secrets
 
 ENTRY_KEYS = {"model_name", "litellm_params", "model_info"}
+MODES = ("chat", "completion", "embedding")  # LiteLLM's model_info.mode values that itsproxy serves
 # litellm_params keys that describe the deployment to the balancer/pricing rather than to the provider.
 OWN_PARAMS = ("rpm", "tpm", "weight", "input_cost_per_token", "output_cost_per_token", "supports_n")
 
@@ -35,6 +36,7 @@ class Deployment:
     weight: float | None = None  # relative share of traffic (LiteLLM's `weight`)
     input_cost_per_token: float | None = None
     output_cost_per_token: float | None = None
+    mode: str = "chat"  # model_info.mode (LiteLLM's): chat | completion (a base model: /v1/completions) | embedding
     supports_n: bool | None = None  # None: learn it from the upstream
 
     @property
@@ -88,6 +90,10 @@ class ModelEntry:
     @property
     def output_cost_per_token(self) -> float | None:
         return self.first.output_cost_per_token
+
+    @property
+    def mode(self) -> str:
+        return self.first.mode
 
     @property
     def supports_n(self) -> bool | None:
@@ -161,6 +167,7 @@ def parse_deployment(raw: Any, path: str, position: int) -> tuple[str, Deploymen
         input_cost_per_token=_cost(params, info, "input_cost_per_token", path),
         output_cost_per_token=_cost(params, info, "output_cost_per_token", path),
         supports_n=None if supports_n is None else boolean(supports_n, f"{path}.model_info.supports_n"),
+        mode=choice(info.get("mode"), f"{path}.model_info.mode", MODES, default="chat"),
         params=params,
     )
     return name, deployment
@@ -178,6 +185,9 @@ def parse_model_list(raw: Any) -> dict[str, ModelEntry]:
         if deployment.id in ids:
             raise ConfigError(f"{path}.model_info.id", f"duplicate deployment id {deployment.id!r}")
         ids.add(deployment.id)
+        if entry.deployments and deployment.mode != entry.mode:
+            raise ConfigError(f"{path}.model_info.mode", f"{deployment.mode!r}, but {name!r}'s first deployment "
+                              f"is {entry.mode!r}: deployments of one model_name serve the same API")
         entry.deployments.append(deployment)
     if not models:
         raise ConfigError("model_list", "must list at least one model")

@@ -19,7 +19,7 @@ from itsproxy.strategies.types import SpecError
 
 ROUTE_KEYS = {
     "name", "match", "generate", "select", "passthrough", "limits", "repair", "on_unverified",
-    "min_candidates", "usage_report",
+    "min_candidates", "usage_report", "client_params",
 }
 LIMIT_KEYS = {"max_n", "timeout_s", "max_extra_tokens", "max_cost_usd"}
 
@@ -41,6 +41,7 @@ class Route:
     target: str  # generate.model: where passthrough goes; the pool's first model otherwise
     limits: Limits
     usage_report: str = "total"
+    client_params: str = "override"  # the route's temperature wins (said in its.overrides), or `respect` the client's
 
     @property
     def is_glob(self) -> bool:
@@ -101,6 +102,8 @@ def parse_route(raw: Any, path: str, models: set[str]) -> Route:
         target=pipeline.generate.pool[0].model,
         limits=_limits(raw, path, pipeline),
         usage_report=choice(raw.get("usage_report"), f"{path}.usage_report", ("total", "selected"), default="total"),
+        client_params=choice(raw.get("client_params"), f"{path}.client_params", ("override", "respect"),
+                             default="override"),
     )
 
 

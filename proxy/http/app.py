@@ -5,18 +5,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
-from itsproxy.proxy.http.auth import AuthMiddleware
-from itsproxy.proxy.http.chat import ChatSurface
 from itsproxy.proxy.config import Config, load_config
 from itsproxy.proxy.errors import ApiError
+from itsproxy.proxy.http.auth import AuthMiddleware
+from itsproxy.proxy.http.chat import ChatSurface
+from itsproxy.proxy.http.completions import CompletionsSurface
+from itsproxy.proxy.http.embeddings import EmbeddingsSurface
 from itsproxy.proxy.runtime import Services
-from itsproxy.proxy.scaling import Scaling
+from itsproxy.proxy.scaling import Scaling, Surface
 from itsproxy.proxy.telemetry import dashboard
 
 log = logging.getLogger("itsproxy")
@@ -27,10 +31,31 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "itsproxy"}
+
+
 async def models(request: Request) -> Response:
     services: Services = request.app.state.services
-    data = [{"id": m, "object": "model", "created": 0, "owned_by": "itsproxy"} for m in services.router.model_ids()]
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": [_model(m) for m in services.router.model_ids()]})
+
+
+async def model(request: Request) -> Response:
+    """One model: any name the router serves (a route alias, a model_list name, a wildcard match)."""
+    services: Services = request.app.state.services
+    name = request.path_params["model_id"]
+    try:
+        services.router.resolve(name)
+    except ApiError as err:  # 404 in OpenAI's shape when nothing serves it
+        return err.response()
+    return JSONResponse(_model(name))
+
+
+def _endpoint(scaling: Scaling, surface: Surface) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await scaling.handle(request, surface)
+
+    return endpoint
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
@@ -50,10 +75,10 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 def create_app(config: Config) -> Starlette:
     services = Services(config)
     scaling = Scaling(services)
-    chat_surface = ChatSurface()
-
-    async def chat(request: Request) -> Response:
-        return await scaling.handle(request, chat_surface)
+    drop = config.server.drop_params
+    surfaces: list[tuple[str, Surface]] = [("chat/completions", ChatSurface(drop)),
+                                           ("completions", CompletionsSurface(drop)),
+                                           ("embeddings", EmbeddingsSurface(drop))]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -62,11 +87,13 @@ def create_app(config: Config) -> Starlette:
         finally:
             await services.aclose()
 
-    routes = [
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/chat/completions", chat, methods=["POST"]),
+    routes: list[BaseRoute] = [Route(f"{prefix}/{path}", _endpoint(scaling, surface), methods=["POST"])
+              for path, surface in surfaces for prefix in ("/v1", "")]
+    routes += [
         Route("/v1/models", models, methods=["GET"]),
         Route("/models", models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", model, methods=["GET"]),
+        Route("/models/{model_id:path}", model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", dashboard.metrics_endpoint, methods=["GET"]),
         Route("/v1/its/stats", dashboard.stats_endpoint, methods=["GET"]),

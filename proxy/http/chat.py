@@ -6,9 +6,11 @@ from typing import Any
 
 from itsproxy.proxy.errors import ApiError
 from itsproxy.proxy.http.chat_request import parse_request
+from itsproxy.proxy.http.relay import ChunkRelay
 from itsproxy.proxy.http.sse import DONE, sse
 from itsproxy.proxy.outcome import Outcome, new_id
 from itsproxy.proxy.scaling import Call
+from itsproxy.proxy.upstream.replies import CHAT
 
 
 def chunk(id: str, created: int, model: str, delta: dict[str, Any] | None, finish: str | None = None,
@@ -33,8 +35,16 @@ def message_deltas(message: dict[str, Any], size: int = 48) -> list[dict[str, An
 
 
 class ChatSurface:
+    wire = CHAT
+
+    def __init__(self, drop_params: bool = False) -> None:
+        self.drop_params = drop_params
+
     def parse(self, body: Any) -> Call:
-        return parse_request(body)
+        return parse_request(body, self.drop_params)
+
+    def check_scaling(self, call: Call) -> None:
+        return None  # every chat request can be scaled
 
     def upstream_body(self, call: Call) -> dict[str, Any]:
         body = {**call.params, "messages": call.messages}
@@ -42,21 +52,20 @@ class ChatSurface:
             body["n"] = call.n
         return body
 
-    def render(self, outcome: Outcome) -> dict[str, Any]:
-        winner = outcome.winner
-        choice = {"index": 0, "message": dict(winner.message), "finish_reason": winner.sample.finish_reason or "stop",
-                  "logprobs": winner.sample.logprobs}
+    def render(self, outcome: Outcome, call: Call) -> dict[str, Any]:
+        choices = [{"index": i, "message": dict(c.message), "finish_reason": c.sample.finish_reason or "stop",
+                    "logprobs": c.sample.logprobs} for i, c in enumerate(outcome.ranked(call.returned))]
         return {"id": outcome.id, "object": "chat.completion", "created": outcome.created, "model": outcome.model,
-                "choices": [choice], "usage": outcome.usage(), "system_fingerprint": None, "its": outcome.its()}
+                "choices": choices, "usage": outcome.usage(), "system_fingerprint": None, "its": outcome.its()}
 
     def render_passthrough(self, resp: dict[str, Any], its: dict[str, Any], usage: dict[str, int]) -> dict[str, Any]:
         return {**resp, "usage": {**(resp.get("usage") or {}), **usage}, "its": its}
 
-    def scaling_stream(self, call: Call) -> "ChatScalingStream":
+    def scaling_stream(self, call: Call) -> ChatScalingStream:
         return ChatScalingStream(call)
 
-    def relay(self, call: Call) -> "ChatRelay":
-        return ChatRelay(call.include_usage)
+    def relay(self, call: Call) -> ChunkRelay:
+        return ChunkRelay(call.include_usage)
 
 
 class ChatScalingStream:
@@ -71,14 +80,20 @@ class ChatScalingStream:
 
     def answer(self, outcome: Outcome) -> list[bytes]:
         rid, created, model = self.id, self.created, self.call.model
-        sample = outcome.winner.sample
-        deltas = message_deltas(dict(outcome.winner.message))
-        parts = [sse(chunk(rid, created, model, d)) for d in deltas]
-        if sample.logprobs and parts:  # the winner's logprobs ride on its first content chunk
-            first = chunk(rid, created, model, deltas[0])
-            first["choices"][0]["logprobs"] = sample.logprobs
-            parts[0] = sse(first)
-        final = chunk(rid, created, model, {}, sample.finish_reason or "stop")
+        parts: list[bytes] = []
+        finishes = []
+        for i, c in enumerate(outcome.ranked(self.call.returned)):
+            deltas = message_deltas(dict(c.message)) or [{"content": ""}]
+            for j, d in enumerate(deltas):
+                part = chunk(rid, created, model, d)
+                part["choices"][0]["index"] = i
+                if j == 0 and c.sample.logprobs:  # a choice's logprobs ride on its first content chunk
+                    part["choices"][0]["logprobs"] = c.sample.logprobs
+                parts.append(sse(part))
+            finishes.append({"index": i, "delta": {}, "finish_reason": c.sample.finish_reason or "stop",
+                             "logprobs": None})
+        final = chunk(rid, created, model, None)
+        final["choices"] = finishes
         if self.call.include_usage:
             parts.append(sse(final))
             final = chunk(rid, created, model, None, usage=outcome.usage())
@@ -87,40 +102,3 @@ class ChatScalingStream:
 
     def error(self, err: ApiError) -> list[bytes]:
         return [sse(err.body())]
-
-
-class ChatRelay:
-    """A passthrough stream, relayed live. The upstream is always asked for usage (to meter);
-    the client gets a usage chunk only if it asked, made from the ledger, so it is there
-    (flagged estimated in `its`) even when the upstream sent none. `its` rides on the last chunk."""
-
-    def __init__(self, include_usage: bool) -> None:
-        self.include_usage = include_usage
-        self.held: dict[str, Any] | None = None
-        self.head: dict[str, Any] = {}
-
-    def feed(self, c: dict[str, Any]) -> list[bytes]:
-        if not self.head:
-            self.head = {k: c.get(k) for k in ("id", "object", "created", "model", "system_fingerprint")}
-        c.pop("usage", None)
-        if not c.get("choices"):
-            return []  # the usage chunk asked for on our own behalf: the ledger has read it
-        out = [sse(self.held)] if self.held is not None else []
-        self.held = c
-        return out
-
-    def end(self, its: dict[str, Any], usage: dict[str, int]) -> list[bytes]:
-        out = []
-        if self.include_usage:
-            if self.held is not None:
-                out.append(sse(self.held))
-            self.held = {**self.head, "choices": [], "usage": usage}
-        if self.held is not None:
-            self.held["its"] = its
-            out.append(sse(self.held))
-        return [*out, DONE]
-
-    def error(self, err: ApiError) -> list[bytes]:
-        out = [sse(self.held)] if self.held is not None else []
-        self.held = None
-        return [*out, sse(err.body())]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from itsproxy.proxy.errors import bad_request
-from itsproxy.proxy.params import FORBIDDEN, FORWARD, OWN
+from itsproxy.proxy.params import OWN, split_params
 from itsproxy.proxy.scaling import Call
 
 ITS_KEYS = frozenset({"n"})
@@ -38,15 +38,10 @@ def _messages(value: Any) -> list[dict[str, Any]]:
     return value
 
 
-def parse_request(body: Any) -> Call:
+def parse_request(body: Any, drop_params: bool = False) -> Call:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
-    for key in body:
-        if key in FORBIDDEN:
-            raise bad_request(f"parameter '{key}' is not allowed: the proxy decides where and how it calls "
-                              "upstream", param=key, code="forbidden_parameter")
-        if key not in FORWARD and key not in OWN:
-            raise bad_request(f"unsupported parameter '{key}'", param=key, code="unsupported_parameter")
+    params = split_params(body, OWN, drop_params)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required", param="model")
@@ -59,7 +54,8 @@ def parse_request(body: Any) -> Call:
     _int(body, "max_tokens", 1)
     _int(body, "max_completion_tokens", 1)
     _int(body, "top_logprobs", 0)
-    if "seed" in body and body["seed"] is not None and (isinstance(body["seed"], bool) or not isinstance(body["seed"], int)):
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise bad_request("'seed' must be an integer", param="seed")
     if "tools" in body and body["tools"] is not None and not isinstance(body["tools"], list):
         raise bad_request("'tools' must be an array", param="tools")
@@ -77,6 +73,6 @@ def parse_request(body: Any) -> Call:
             raise bad_request(f"unknown its option '{key}'", param=f"its.{key}")
     if "n" in its:
         _int(its, "n", 1)
-    params = {k: v for k, v in body.items() if k in FORWARD and v is not None}
+    n = body.get("n")
     return Call(model=model, messages=messages, stream=stream, include_usage=bool(opts.get("include_usage")),
-                n=body.get("n"), its=its, params=params)
+                n=n, its=its, params=params, returned=n or 1)

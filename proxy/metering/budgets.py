@@ -13,8 +13,9 @@ import asyncio
 import os
 import sqlite3
 import threading
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from itsproxy.proxy.config.budgets import BudgetConfig, BudgetLimits, key_id, parse_budgets
 from itsproxy.proxy.errors import ApiError
@@ -113,11 +114,11 @@ class SqliteBudgetStore(BudgetStore):
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _until_midnight(now: datetime) -> int:
-    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), timezone.utc)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
     return max(1, int((midnight - now).total_seconds() + 0.999))  # ceil: retrying earlier is pointless
 
 
@@ -140,7 +141,7 @@ class Budgets:
         return self.config.overrides.get(self.key_id(key), self.config.default)
 
     def _day(self) -> tuple[str, datetime]:
-        now = self.now().astimezone(timezone.utc)
+        now = self.now().astimezone(UTC)
         return now.date().isoformat(), now
 
     async def check(self, key: str | None) -> None:
@@ -159,7 +160,7 @@ class Budgets:
 
     def _exceeded(self, budget: str, used: str, limit: float, spent: float, now: datetime) -> ApiError:
         wait = _until_midnight(now)
-        resets = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), timezone.utc)
+        resets = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
         kind = "token" if budget == "tokens_per_day" else "cost"
         msg = (f"Daily {kind} budget exceeded for this API key ({budget}): {used} used today (UTC). "
                f"It resets at 00:00 UTC, in {_duration(wait)}.")

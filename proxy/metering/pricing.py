@@ -57,8 +57,11 @@ def prices_for(entry: ModelEntry) -> Prices:
     if entry.input_cost_per_token is not None and entry.output_cost_per_token is not None:
         return Prices(entry.input_cost_per_token, entry.output_cost_per_token, None)
     found = map_entry(entry.model)
-    price_in = entry.input_cost_per_token if entry.input_cost_per_token is not None else found.get("input_cost_per_token")
-    price_out = entry.output_cost_per_token if entry.output_cost_per_token is not None else found.get("output_cost_per_token")
+    price_in, price_out = entry.input_cost_per_token, entry.output_cost_per_token
+    if price_in is None:
+        price_in = found.get("input_cost_per_token")
+    if price_out is None:
+        price_out = found.get("output_cost_per_token")
     # The map's cache price only applies to the map's own input price.
     cached = found.get("cache_read_input_token_cost") if entry.input_cost_per_token is None else None
     return Prices(price_in, price_out, cached)

@@ -12,7 +12,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-
 BAD_USAGE = ("negative", "string", "list", "missing")
 
 
@@ -111,6 +110,7 @@ ALIASES = {"acc": "accuracy", "fewer_choices": "max_n"}
 
 
 def parse_accuracy(value: Any) -> tuple[float, float]:
+    parts: list[Any]
     if isinstance(value, str):
         parts = [p for p in value.replace(":", ",").split(",") if p.strip()]
     elif isinstance(value, int | float):
@@ -243,7 +243,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                                 help="no augmenting substrings")
             continue
         dest = "sim_" + name
-        default = f.default
+        default: Any = f.default
         if name in BOOL_FIELDS:
             parser.add_argument(flag, dest=dest, action="store_true", default=None, help=_HELP.get(name))
             continue

@@ -216,6 +216,7 @@ def question_profile(seed: int, lo: float, hi: float, easy_share: float, a: int,
 
 
 def answer_probability(cfg: SimConfig, view: View) -> tuple[float, int]:
+    assert view.question is not None  # asked only about a question the simulator found
     a, b = view.question
     p, common = question_profile(cfg.seed, cfg.accuracy[0], cfg.accuracy[1], cfg.easy_share, a, b)
     for text, delta in cfg.boosts.items():
@@ -229,6 +230,7 @@ def answer_probability(cfg: SimConfig, view: View) -> tuple[float, int]:
 
 def probability_of(cfg: SimConfig, view: View, x: int | float) -> float:
     """The model's probability of answering `x` to the view's question (for logprobs)."""
+    assert view.question is not None, "a question view (chain problems have their own logprobs)"
     a, b = view.question
     p, common = answer_probability(cfg, view)
     if x == a + b:
@@ -294,7 +296,7 @@ def respond(cfg: SimConfig, view: View, n: int, stream: random.Random) -> list[C
     out: list[Choice] = []
     for i in range(n):
         rng = choice_rng(cfg, view, i, stream)
-        if view.blocks is not None:
+        if view.blocks is not None and view.question is not None:  # blocks are kept only with a question
             content, first_alt = verifier.judge(cfg, view.question, view.blocks, view.json_mode, rng)
             out.append(Choice(_text_message(content), "stop", rng, first_alt=first_alt))
         elif view.chain is not None:
@@ -312,6 +314,7 @@ def _text_message(content: str) -> dict[str, Any]:
 
 
 def _answer(cfg: SimConfig, view: View, rng: random.Random, greedy: bool) -> Choice:
+    assert view.question is not None
     a, b = view.question
     truth = a + b
     p, common = answer_probability(cfg, view)
@@ -333,5 +336,6 @@ def _answer(cfg: SimConfig, view: View, rng: random.Random, greedy: bool) -> Cho
 
 
 def _steps_choice(cfg: SimConfig, view: View, rng: random.Random, greedy: bool) -> Choice:
+    assert view.chain is not None
     written = steps.write(view.chain, view.written, view.before, rng, cfg.step_accuracy, cfg.step_signal, greedy)
     return Choice(_text_message(written.text), "stop", rng, spans=written.spans)

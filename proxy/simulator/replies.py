@@ -39,7 +39,7 @@ class SSEResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]  # an async generator here
 
 
 async def read_json(request: Request) -> dict[str, Any] | None:

@@ -19,11 +19,11 @@ from starlette.routing import Route
 
 from itsproxy.proxy.metering import tokens
 
-from . import model as sim_model
 from . import faults, replies, verifier, wire
+from . import model as sim_model
 from .completions import completions
-from .embeddings import embeddings
 from .config import SimConfig
+from .embeddings import embeddings
 from .questions import content_text
 from .replies import error, gate, json_response, read_json
 from .state import SimState, Stats
@@ -71,10 +71,12 @@ def _inputs(body: dict[str, Any]) -> list[str] | None:
     return None
 
 
-async def _reward_entry(request: Request) -> tuple[SimState, dict | None, str, SimConfig | None, Response | None]:
+async def _reward_entry(request: Request) -> tuple[SimState, Any, str, Any, Response | None]:
+    """The parsed call; when the response (last) is set, it is the error to send and the rest is unusable."""
     st: SimState = request.app.state.sim
     body = await read_json(request)
-    model = body.get("model") if body and isinstance(body.get("model"), str) else "reward"
+    named = body.get("model") if body else None
+    model = named if isinstance(named, str) else "reward"
     st.stats.add(model, reward_requests=1)
     if body is None:
         return st, None, model, None, error(st, model, "the request body must be a JSON object")

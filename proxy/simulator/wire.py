@@ -179,8 +179,8 @@ def stream_events(cid: str, created: int, model: str, choices: list[Choice], usa
             for g in range(0, len(pieces), CHUNK_TOKENS):
                 group = pieces[g:g + CHUNK_TOKENS]
                 lp = {"content": entries[g:g + CHUNK_TOKENS], "refusal": None} if entries is not None else None
-                delta = {"content": b"".join(group).decode("utf-8", "replace")}
-                parts.append((chunk({"index": i, "delta": delta, "logprobs": lp, "finish_reason": None}),
+                text_delta: dict[str, Any] = {"content": b"".join(group).decode("utf-8", "replace")}
+                parts.append((chunk({"index": i, "delta": text_delta, "logprobs": lp, "finish_reason": None}),
                               len(group), True))
         # Each choice finishes as soon as its own content is out, as OpenAI and vLLM
         # stream n choices: a short answer is done before a long one.

@@ -153,7 +153,7 @@ class SearchStores:
         self._stores: dict[str, SearchStore] = {}
 
     @classmethod
-    def from_config(cls, config: Any) -> "SearchStores":
+    def from_config(cls, config: Any) -> SearchStores:
         return cls(Path(config.server.state_dir) / DEFAULT_FILE)
 
     def get(self, path: str | None = None) -> SearchStore:

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import json
 import logging
 import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from itsproxy.proxy.metering.ledger import Ledger, RequestReport
 from itsproxy.proxy.config.traces import TraceSettings, parse_traces  # noqa: F401  (re-exported)
+from itsproxy.proxy.metering.ledger import Ledger, RequestReport
 from itsproxy.proxy.redact import REDACTED, Redactor, is_credential_key  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -36,9 +38,9 @@ log = logging.getLogger("itsproxy.traces")
 # ---------------------------------------------------------------- records
 
 
-def build_record(report: RequestReport, outcome: "Outcome | None") -> dict[str, Any]:
+def build_record(report: RequestReport, outcome: Outcome | None) -> dict[str, Any]:
     """What is known about a finished request; the full decision when it produced an outcome."""
-    rec: dict[str, Any] = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+    rec: dict[str, Any] = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
                            "id": None, "route": report.route, "model": None, "status": report.status,
                            "passthrough": report.passthrough, "duration_s": round(report.duration_s, 4),
                            "verified": report.verified}
@@ -54,7 +56,7 @@ def build_record(report: RequestReport, outcome: "Outcome | None") -> dict[str, 
     rec.update(id=outcome.id, model=outcome.model, strategy=sel.strategy, request=request,
                candidates=[{**ev, "message": c.message} for ev, c in zip(its["evidence"], sel.candidates)],
                selected=its["selected"], verified=sel.verified, votes=sel.votes, tie=sel.tie,
-               reasons=sel.reasons, rounds=sel.info.get("rounds", []), usage=its["usage"])
+               reasons=sel.reasons, rounds=[r.as_dict() for r in sel.rounds], usage=its["usage"])
     return rec
 
 
@@ -195,7 +197,7 @@ class TraceWriter:
                     batch.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
-            self._guard(lambda: self._write(batch))
+            self._guard(functools.partial(self._write, batch))
             for _ in batch:
                 self.queue.task_done()
 
@@ -232,7 +234,7 @@ class TraceHook:
         self.settings = settings
         self.writer = TraceWriter(settings, redactor)
 
-    def __call__(self, report: RequestReport, outcome: "Outcome | None" = None) -> None:
+    def __call__(self, report: RequestReport, outcome: Outcome | None = None) -> None:
         if report.passthrough and not self.settings.include_passthrough:
             return
         try:
@@ -250,7 +252,7 @@ class TraceHook:
         await asyncio.to_thread(self.writer.close)  # joining the thread must not block the loop
 
 
-def build_trace_hook(config: "Config") -> TraceHook | None:
+def build_trace_hook(config: Config) -> TraceHook | None:
     if config.traces is None:
         return None
     return TraceHook(config.traces, config.redactor)

@@ -13,8 +13,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 from itsproxy.proxy.config import ConfigError, read_document, resolve_document
 from itsproxy.proxy.config.traces import parse_traces

@@ -23,8 +23,8 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 from itsproxy.proxy.config.model_list import Deployment, ModelEntry
 from itsproxy.proxy.config.server import RouterSettings
@@ -134,7 +134,7 @@ class Lease:
 
     deployment: Deployment
     use: _Use
-    balancer: "Balancer"
+    balancer: Balancer
     solo: bool = False  # the model's only deployment: never cooled down
     finished: bool = False
 

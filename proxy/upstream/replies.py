@@ -19,6 +19,8 @@ never told negative.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -159,9 +161,9 @@ def completion_as_chunks(payload: dict[str, Any]) -> list[dict[str, Any]]:
     For an upstream that answers `stream: true` with one JSON completion: the
     answer is whole and valid, so the client gets it rather than an error.
     """
-    base = {k: payload[k] for k in ("id", "created", "model", "system_fingerprint") if k in payload}
+    base: dict[str, Any] = {k: payload[k] for k in ("id", "created", "model", "system_fingerprint") if k in payload}
     base["object"] = "chat.completion.chunk"
-    chunks = []
+    chunks: list[dict[str, Any]] = []
     for c in payload["choices"]:
         delta = {k: v for k, v in c["message"].items() if v is not None}
         if delta.get("tool_calls"):
@@ -193,3 +195,91 @@ class Finishes:
         if not self.started or self.started - self.finished:
             raise UpstreamProtocolError("upstream stream ended before its choices finished "
                                         "(no finish_reason, no [DONE])", "upstream_truncated")
+
+
+# ---------------------------------------------------------------- the legacy Completions API and embeddings
+
+
+class _TextChoice(msgspec.Struct):
+    text: str
+    index: Count | None = None
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class _TextCompletion(msgspec.Struct):
+    choices: list[_TextChoice]
+
+
+class _TextChunk(msgspec.Struct):
+    choices: list[_TextChoice] | None = None
+
+
+class _Embedding(msgspec.Struct):
+    embedding: list[float] | str  # floats, or base64 when the client asked for it
+    index: Count | None = None
+
+
+class _Embeddings(msgspec.Struct):
+    data: list[_Embedding]
+
+
+def check_text_completion(payload: Any) -> dict[str, Any]:
+    """A non-streaming /completions reply: choices of text."""
+    if not isinstance(payload, dict):
+        raise UpstreamProtocolError("upstream sent a response that is not a text completion")
+    usage = _usage_in_place(payload)
+    typed = _typed(payload, _TextCompletion, usage)
+    for i, (raw, c) in enumerate(zip(payload["choices"], typed.choices)):
+        if c.index is None:
+            raw["index"] = i
+    return payload
+
+
+def check_text_chunk(chunk: Any) -> dict[str, Any]:
+    if not isinstance(chunk, dict):
+        raise UpstreamProtocolError("upstream stream chunk is not a JSON object")
+    usage = _usage_in_place(chunk)
+    typed = _typed(chunk, _TextChunk, usage)
+    if typed.choices is None:
+        chunk["choices"] = []
+    for raw, c in zip(chunk["choices"], typed.choices or []):
+        if c.index is None:
+            raw["index"] = 0
+    return chunk
+
+
+def text_as_chunks(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    base: dict[str, Any] = {k: payload[k] for k in ("id", "created", "model") if k in payload}
+    base["object"] = "text_completion"
+    chunks: list[dict[str, Any]] = [{**base, "choices": [c]} for c in payload["choices"]]
+    if payload.get("usage") is not None:
+        chunks.append({**base, "choices": [], "usage": payload["usage"]})
+    return chunks
+
+
+def check_embeddings(payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise UpstreamProtocolError("upstream sent a response that is not an embeddings list")
+    usage = _usage_in_place(payload)
+    _typed(payload, _Embeddings, usage)
+    return payload
+
+
+def _no_stream(payload: Any) -> Any:
+    raise UpstreamProtocolError("this endpoint does not stream")
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One upstream endpoint: its path and how its replies and chunks are checked."""
+
+    path: str
+    check: Callable[[Any], dict[str, Any]]
+    check_chunk: Callable[[Any], dict[str, Any]]
+    as_chunks: Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+CHAT = Wire("chat/completions", check_completion, check_chunk, completion_as_chunks)
+TEXT = Wire("completions", check_text_completion, check_text_chunk, text_as_chunks)
+EMBEDDINGS = Wire("embeddings", check_embeddings, _no_stream, _no_stream)

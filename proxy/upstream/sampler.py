@@ -13,18 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any
 
 from itsproxy.proxy.config import Config, Deployment, ModelEntry
-from itsproxy.proxy.upstream.backends.base import (Backend, UpstreamBusy, UpstreamError, UpstreamProtocolError,
-                                                   retryable)
-from itsproxy.proxy.upstream.backends.direct import DirectBackend, direct_capable
-from itsproxy.proxy.upstream.deployments import Balancer, Lease, NoDeployment
-from itsproxy.proxy.upstream.retry import RetryPolicy
 from itsproxy.proxy.metering.ledger import CallRecord, Ledger
 from itsproxy.proxy.metering.pricing import Prices, prices_for
+from itsproxy.proxy.metering.tokens import count_message, count_messages, count_text
+from itsproxy.proxy.metering.tokens import warm as warm_tokenizer
+from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, UpstreamError, UpstreamProtocolError, retryable
+from itsproxy.proxy.upstream.backends.direct import DirectBackend, direct_capable
+from itsproxy.proxy.upstream.completion_mode import as_chat, chunk_as_chat, text_body
+from itsproxy.proxy.upstream.deployments import Balancer, Lease, NoDeployment
+from itsproxy.proxy.upstream.endpoints import Endpoints
+from itsproxy.proxy.upstream.replies import CHAT, TEXT, Wire
+from itsproxy.proxy.upstream.retry import RetryPolicy
 from itsproxy.proxy.upstream.stream_tally import ChoiceTally, StreamedMessage
-from itsproxy.proxy.metering.tokens import count_message, count_messages, warm as warm_tokenizer
 from itsproxy.strategies.generate import derive_seed
 from itsproxy.strategies.types import Sample
 
@@ -51,6 +55,7 @@ class Upstream:
         # the cost map (read only for models whose prices model_list does not set).
         warm_tokenizer()
         self.prices = {name: prices_for(entry) for name, entry in self.models.items()}
+        self.endpoints = Endpoints(self.prices)  # reward endpoints: metered like model calls
 
     def _make_litellm(self) -> Backend:
         from itsproxy.proxy.upstream.backends.via_litellm import LitellmBackend
@@ -78,7 +83,8 @@ class Upstream:
               last: UpstreamError | None) -> Lease:
         """A deployment for one call; when none is free, the last failure (after a failover)
         or a 429 saying when one frees up."""
-        estimate = count_messages(body.get("messages") or [], body.get("tools")) if entry.name in self.tpm_limited else 0
+        limited = entry.name in self.tpm_limited
+        estimate = prompt_estimate(body) if limited else 0
         try:
             return self.balancer.acquire(entry, estimate, tried)
         except NoDeployment as exc:
@@ -87,11 +93,12 @@ class Upstream:
             raise UpstreamError(str(exc), 429, code="no_deployment_available",
                                 retry_after=exc.retry_after_s) from None
 
-    def bind(self, ledger: Ledger, deadline: float | None = None) -> "RequestSampler":
+    def bind(self, ledger: Ledger, deadline: float | None = None) -> RequestSampler:
         """`deadline` (event-loop time): retries and their Retry-After waits stay within it."""
         return RequestSampler(self, ledger, deadline)
 
     async def aclose(self) -> None:
+        await self.endpoints.aclose()
         await self.direct.aclose()
         if self._litellm is not None:
             await self._litellm.aclose()
@@ -102,7 +109,7 @@ class Upstream:
             return
         try:
             await asyncio.wait_for(self.semaphore.acquire(), self.config.server.upstream_queue_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamBusy("the proxy is at its upstream concurrency limit; try again shortly", 503) from None
 
 
@@ -125,7 +132,7 @@ def split_completion(total: int, messages: list[dict[str, Any]]) -> list[int]:
 
 
 class RequestSampler:
-    """A request's view of the upstream: implements `strategies.types.Sampler`."""
+    """A request's view of the upstream: implements `itsproxy.strategies.ports.Sampler`."""
 
     def __init__(self, upstream: Upstream, ledger: Ledger, deadline: float | None = None) -> None:
         self.up = upstream
@@ -138,13 +145,14 @@ class RequestSampler:
     def timeout(self) -> float:
         return self.up.config.server.upstream_timeout_s
 
-    async def call(self, entry: ModelEntry, body: dict[str, Any], phase: str) -> tuple[dict[str, Any], CallRecord]:
-        """One non-streaming call, metered."""
+    async def call(self, entry: ModelEntry, body: dict[str, Any], phase: str,
+                   wire: Wire = CHAT) -> tuple[dict[str, Any], CallRecord]:
+        """One non-streaming call to the endpoint `wire` names, metered."""
         record = self.ledger.open(phase, entry.name)
         started = time.monotonic()
         await self.up.slot()
         try:
-            resp = await self._complete(entry, body)
+            resp = await self._complete(entry, body, wire)
         except asyncio.CancelledError:
             record.outcome = "cancelled"
             self._meter_unfinished(record, entry, body, None)  # the upstream has read the prompt
@@ -163,14 +171,14 @@ class RequestSampler:
         self._meter(record, entry, body, resp)
         return resp, record
 
-    async def _complete(self, entry: ModelEntry, body: dict[str, Any]) -> dict[str, Any]:
+    async def _complete(self, entry: ModelEntry, body: dict[str, Any], wire: Wire) -> dict[str, Any]:
         tried: list[str] = []
         last: UpstreamError | None = None
         while True:
             lease = self.up.lease(entry, body, tried, last)
             target = lease.deployment
             try:
-                resp = await self.up.backend(target).complete(target, body, self.timeout(), self.deadline)
+                resp = await self.up.backend(target).complete(target, body, self.timeout(), self.deadline, wire)
             except UpstreamError as exc:
                 lease.done(failed=retryable(exc), rate_limited=exc.status == 429)
                 tried.append(target.id)
@@ -193,20 +201,20 @@ class RequestSampler:
             record.prompt_tokens = usage["prompt_tokens"]
             record.completion_tokens = usage.get("completion_tokens", 0)
         else:
-            record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
+            record.prompt_tokens = prompt_estimate(body)
         record.estimated = True
         record.cost_usd = self.up.price(entry).cost(record.prompt_tokens, record.completion_tokens, 0)
 
     def _meter(self, record: CallRecord, entry: ModelEntry, body: dict[str, Any], resp: dict[str, Any]) -> None:
         usage = resp.get("usage")  # checked at the boundary (replies.py): valid counts, or absent
-        messages = [c["message"] for c in resp["choices"]]
+        messages = [reply_message(c) for c in resp.get("choices") or []]
         record.choices = len(messages)
         if usage:
             record.prompt_tokens = usage["prompt_tokens"]
             record.completion_tokens = usage.get("completion_tokens", 0)
             record.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
         else:  # the upstream gave no usage: count it ourselves, and say so
-            record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
+            record.prompt_tokens = prompt_estimate(body)
             record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True
         record.cost_usd = self.up.price(entry).cost(record.prompt_tokens, record.completion_tokens,
@@ -254,7 +262,11 @@ class RequestSampler:
         return samples
 
     async def _once(self, entry: ModelEntry, body: dict[str, Any], phase: str) -> list[Sample]:
-        resp, record = await self.call(entry, body, phase)
+        if entry.mode == "completion":  # a base model: a raw prompt, the reply seen as chat
+            resp, record = await self.call(entry, text_body(body), phase, TEXT)
+            resp = as_chat(resp)
+        else:
+            resp, record = await self.call(entry, body, phase)
         choices = resp.get("choices") or []
         messages = [_message(c) for c in choices]
         shares = split_completion(record.completion_tokens, messages)
@@ -285,7 +297,7 @@ class RequestSampler:
                       completion_tokens=record.completion_tokens, logprobs=part.logprobs())
 
     async def stream_choices(self, messages: list[dict[str, Any]], *, model: str, n: int, phase: str = "generate",
-                             params: dict[str, Any] | None = None) -> AsyncIterator[Sample]:
+                             params: dict[str, Any] | None = None) -> AsyncGenerator[Sample, None]:
         """One streaming call with `n`: yields each choice as soon as it finishes.
 
         Closing the iterator closes the upstream stream; choices still decoding
@@ -315,9 +327,16 @@ class RequestSampler:
                 sample.prompt_tokens, sample.completion_tokens = record.prompt_tokens, share
 
     async def stream(self, model: str, body: dict[str, Any], phase: str = "generate",
-                     record: CallRecord | None = None, tally: ChoiceTally | None = None) -> AsyncIterator[dict]:
-        """Streaming: yields upstream chunks, meters them when the stream ends (or is cut)."""
+                     record: CallRecord | None = None, tally: ChoiceTally | None = None,
+                     wire: Wire | None = None) -> AsyncGenerator[dict[str, Any], None]:
+        """Streaming: yields upstream chunks, meters them when the stream ends (or is cut).
+
+        `wire` given: that endpoint's chunks, as they are (passthrough). None: chat chunks,
+        whatever the model's mode (strategies), a base model's prompt rendered and its chunks translated."""
         entry = self.entry(model)
+        as_chat_chunks = wire is None and entry.mode == "completion"
+        if as_chat_chunks:
+            body, wire = text_body(body), TEXT
         record = record or self.ledger.open(phase, entry.name)
         tally = tally if tally is not None else ChoiceTally()
         started = time.monotonic()
@@ -325,8 +344,10 @@ class RequestSampler:
         answered = False  # once the upstream answered, it has read (and bills) the prompt
         await self.up.slot()
         try:
-            async with contextlib.aclosing(self._chunks(entry, body)) as chunks:  # closing it closes the upstream
+            async with contextlib.aclosing(self._chunks(entry, body, wire or CHAT)) as chunks:  # closes the upstream
                 async for chunk in chunks:
+                    if as_chat_chunks:
+                        chunk = chunk_as_chat(chunk)
                     answered = True
                     if chunk.get("usage"):
                         usage = chunk["usage"]
@@ -347,7 +368,8 @@ class RequestSampler:
             record.latency_s = time.monotonic() - started
             self._meter_stream(record, entry, body, usage, tally.messages(), answered)
 
-    async def _chunks(self, entry: ModelEntry, body: dict[str, Any]) -> AsyncIterator[dict]:
+    async def _chunks(self, entry: ModelEntry, body: dict[str, Any],
+                      wire: Wire) -> AsyncGenerator[dict[str, Any], None]:
         """One deployment's stream; fails over to another only before its first chunk."""
         tried: list[str] = []
         last: UpstreamError | None = None
@@ -355,7 +377,8 @@ class RequestSampler:
             lease = self.up.lease(entry, body, tried, last)
             target, started, tokens = lease.deployment, False, None
             try:
-                async with contextlib.aclosing(self.up.backend(target).stream(target, body, self.timeout(), self.deadline)) as up:
+                upstream = self.up.backend(target).stream(target, body, self.timeout(), self.deadline, wire)
+                async with contextlib.aclosing(upstream) as up:
                     async for chunk in up:
                         started = True
                         if chunk.get("usage"):
@@ -381,7 +404,7 @@ class RequestSampler:
             record.completion_tokens = usage.get("completion_tokens", 0)
             record.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
         elif answered or record.outcome in ("ok", "cancelled"):  # cancelled: the upstream had read the prompt
-            record.prompt_tokens = count_messages(body.get("messages") or [], body.get("tools"))
+            record.prompt_tokens = prompt_estimate(body)
             record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True
         record.choices = max(1, len(messages))
@@ -396,3 +419,19 @@ def _message(choice: dict[str, Any]) -> dict[str, Any]:
         if m.get(key):
             out[key] = m[key]
     return out
+
+
+def prompt_estimate(body: dict[str, Any]) -> int:
+    """The prompt's tokens by our tokenizer, whatever the endpoint (for an upstream that told none)."""
+    if "messages" in body:
+        return count_messages(body.get("messages") or [], body.get("tools"))
+    prompt = body.get("prompt", body.get("input"))
+    texts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
+    return sum(count_text(t) if isinstance(t, str) else len(t) if isinstance(t, list) else 1 for t in texts)
+
+
+def reply_message(choice: dict[str, Any]) -> dict[str, Any]:
+    """A choice's message; a text completion's text as one."""
+    if "message" in choice:
+        return choice["message"]
+    return {"role": "assistant", "content": choice.get("text") or ""}

@@ -18,6 +18,8 @@ class StreamedMessage:
         delta = choice.get("delta") or {}
         if delta.get("content"):
             self.content.append(delta["content"])
+        if choice.get("text"):  # a /completions chunk
+            self.content.append(choice["text"])
         for tc in delta.get("tool_calls") or []:
             self._tool_delta(tc)
         if choice.get("finish_reason"):

@@ -11,10 +11,20 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from itsproxy.strategies.adaptive.rules import (AdaptiveSpec, Decision, mean_completion_tokens, next_batch, next_verified_batch,
-                                 should_stop, stop_info, stop_on_verified)
-from itsproxy.strategies.generate import derive_seed, draw, member_params
-from itsproxy.strategies.types import Candidate, SampleError
+from itsproxy.strategies.adaptive.rules import (
+    AdaptiveSpec,
+    Decision,
+    mean_completion_tokens,
+    next_batch,
+    next_verified_batch,
+    should_stop,
+    stop_info,
+    stop_on_verified,
+)
+from itsproxy.strategies.extract import Extractor, extract_answers
+from itsproxy.strategies.generate import GenerateSpec, derive_seed, draw, member_params
+from itsproxy.strategies.ports import Filter, RunContext, Scorer
+from itsproxy.strategies.types import AdaptiveStop, Candidate, SampleError
 
 
 @dataclass
@@ -28,30 +38,32 @@ class Drawn:
     def answers(self) -> list[str | None]:
         return [c.answer for c in self.candidates]
 
-    def stop(self, max_n: int) -> dict[str, Any]:
+    def stop(self, max_n: int) -> AdaptiveStop:
         decision = self.decision or Decision(True, "max_n")
         return stop_info(decision, self.attempted, max_n, mean_completion_tokens(self.candidates))
 
 
 class AdaptiveDraw:
-    """One request's adaptive draw for round 0; `pipeline` provides extract() and filters."""
+    """One request's adaptive draw for round 0: extracts, checks (and scores) as it draws."""
 
-    def __init__(self, pipeline: Any, ctx: Any, spec: AdaptiveSpec, messages: list[dict[str, Any]],
+    def __init__(self, generate: GenerateSpec, extractor: Extractor | None, filters: list[Filter],
+                 scorers: list[Scorer], ctx: RunContext, spec: AdaptiveSpec, messages: list[dict[str, Any]],
                  augment_counts: list[int] | None) -> None:
-        self.p, self.ctx, self.spec = pipeline, ctx, spec
+        self.generate, self.extractor, self.filters = generate, extractor, filters
+        self.ctx, self.spec = ctx, spec
         self.messages, self.counts = messages, augment_counts
         self.max_n = ctx.n
         self.out = Drawn()
         # Scorer routes (no vote): score each batch as it arrives, stop once one scores high enough.
-        self.scorers = [st for st in pipeline.stages if st.role == "scorer"] if pipeline.extractor is None else []
+        self.scorers = scorers if extractor is None else []
 
     def decide(self) -> Decision:
         cap = self.ctx.spend_cap_reached(self.out.candidates)
         if cap is not None:  # stop drawing, decide with what is there
             return Decision(True, cap, None, self.spec.rule)
-        if self.scorers and not self.p.filters:
+        if self.scorers and not self.filters:
             return self._decide_on_scores()
-        if self.p.filters:
+        if self.filters:
             d = stop_on_verified(self.spec, self.out.candidates, self.max_n)
             if not d.stop and self.out.finished >= self.max_n:
                 return Decision(True, "max_n", d.posterior, self.spec.rule)
@@ -67,9 +79,9 @@ class AdaptiveDraw:
 
     def next_size(self) -> int:
         left = self.max_n - self.out.attempted
-        if self.scorers and not self.p.filters:
+        if self.scorers and not self.filters:
             return max(0, min(left, self.spec.batch))
-        if self.p.filters:
+        if self.filters:
             k = next_verified_batch(self.spec, self.out.candidates, self.max_n)
         else:
             k = next_batch(self.spec, self.out.answers(), self.out.attempted, self.max_n)
@@ -80,15 +92,15 @@ class AdaptiveDraw:
         if start is None:
             start = self.out.attempted
             self.out.attempted += k
-        batch, errors = await draw(self.ctx.sampler, self.p.generate, self.messages, self.ctx.params, n=k,
+        batch, errors = await draw(self.ctx.sampler, self.generate, self.messages, self.ctx.params, n=k,
                                    start_index=start, seed=self.ctx.seed, augment_counts=self.counts,
                                    stream=stream)
         self.out.finished += k
-        self.p.extract(batch)
-        for stage in self.p.filters:
-            await stage.apply(self.ctx, batch)
-        for stage in self.scorers:
-            await stage.apply(self.ctx, batch)
+        extract_answers(self.extractor, batch)
+        for check in self.filters:
+            await check.apply(self.ctx, batch)
+        for scorer in self.scorers:
+            await scorer.apply(self.ctx, batch)
         return batch, errors
 
     def _take(self, batch: list[Candidate], errors: list[BaseException]) -> None:
@@ -113,7 +125,7 @@ class AdaptiveDraw:
                 return
 
     async def _streams(self) -> None:
-        pending: set[asyncio.Task] = set()
+        pending: set[asyncio.Task[tuple[list[Candidate], list[BaseException]]]] = set()
         try:
             while True:
                 while len(pending) < self.spec.batch and self.out.attempted < self.max_n:
@@ -139,7 +151,7 @@ class AdaptiveDraw:
 
     async def _stream_n(self) -> None:
         """One streaming call with n = max; each finished choice is a candidate."""
-        gen = self.p.generate
+        gen = self.generate
         seed = None if self.ctx.seed is None else derive_seed(self.ctx.seed, 0, 0, 0)
         params = member_params(gen, gen.pool[0], self.ctx.params, seed)
         choices = self.ctx.sampler.stream_choices(self.messages, model=gen.pool[0].model, n=self.max_n,
@@ -149,8 +161,8 @@ class AdaptiveDraw:
             async for sample in choices:
                 c = Candidate(index=len(self.out.candidates), sample=sample)
                 self.out.finished += 1
-                self.p.extract([c])
-                for stage in self.p.filters:
+                extract_answers(self.extractor, [c])
+                for stage in self.filters:
                     await stage.apply(self.ctx, [c])
                 self._take([c], [])
                 self.out.decision = self.decide()

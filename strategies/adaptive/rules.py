@@ -18,12 +18,13 @@ so a posterior equal to the threshold stops, without float drift at the boundary
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from math import comb
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from itsproxy.strategies.types import SpecError
+from itsproxy.strategies.types import AdaptiveStop, Candidate, SpecError
 
 RULES = ("beta", "window", "predictive", "off")
 KEYS = ("rule", "confidence", "window", "min", "batch", "keep_sampling_verified", "mode")
@@ -200,7 +201,7 @@ def should_stop(spec: AdaptiveSpec, answers: Sequence[str | None], drawn: int, m
     return Decision(False, "no_agreement" if spec.rule == "window" else "not_confident", post, spec.rule)
 
 
-def stop_on_verified(spec: AdaptiveSpec, candidates: Sequence[Any], max_n: int) -> Decision:
+def stop_on_verified(spec: AdaptiveSpec, candidates: Sequence[Candidate], max_n: int) -> Decision:
     """Verified routes: stop at the first candidate that passed the hard checks; with
     `keep_sampling_verified`, apply the route's rule to the verified candidates' answers
     (the pool the vote will pick from). `candidates` need `.verified` and `.answer`."""
@@ -220,7 +221,7 @@ def draws_before_stop(spec: AdaptiveSpec, answers: Sequence[str | None], drawn: 
     if spec.rule == "window":
         return min(left, max(floor, spec.window - _streak(answers)))
     counts = _counts(answers)
-    leader = max(counts, key=counts.get) if counts else "\0leader"  # a placeholder before any answer
+    leader = max(counts, key=lambda a: counts[a]) if counts else "\0leader"  # a placeholder before any answer
     for k in range(floor, left + 1):
         extra = [*answers, *([leader] * k)]
         if _met(spec, extra, drawn + k, max_n)[0]:
@@ -235,7 +236,7 @@ def next_batch(spec: AdaptiveSpec, answers: Sequence[str | None], drawn: int, ma
     return min(left, max(spec.batch, draws_before_stop(spec, answers, drawn, max_n)))
 
 
-def next_verified_batch(spec: AdaptiveSpec, candidates: Sequence[Any], max_n: int) -> int:
+def next_verified_batch(spec: AdaptiveSpec, candidates: Sequence[Candidate], max_n: int) -> int:
     """`next_batch` for verified routes: any draw may pass the checks, so `batch` (capped);
     with keep_sampling_verified, the rule's bound over the verified candidates' answers."""
     drawn = len(candidates)
@@ -246,22 +247,16 @@ def next_verified_batch(spec: AdaptiveSpec, candidates: Sequence[Any], max_n: in
 
 # ---------------------------------------------------------------- evidence
 
-def mean_completion_tokens(candidates: Sequence[Any]) -> float:
+def mean_completion_tokens(candidates: Sequence[Candidate]) -> float:
     """Mean completion tokens per drawn candidate (`.sample.completion_tokens`)."""
     if not candidates:
         return 0.0
     return sum(c.sample.completion_tokens for c in candidates) / len(candidates)
 
 
-def stop_info(decision: Decision, drawn: int, max_n: int, mean_candidate_tokens: float) -> dict[str, Any]:
-    """The `its.stop` evidence (Selection.info["stop"]); services.report reads saved/tokens_saved_estimate."""
+def stop_info(decision: Decision, drawn: int, max_n: int, mean_candidate_tokens: float) -> AdaptiveStop:
+    """The `its.stop` evidence (`Selection.stop`); the proxy's report reads saved/tokens_saved_estimate."""
     saved = max(0, max_n - drawn)
-    return {
-        "rule": decision.rule,
-        "reason": decision.reason,
-        "drawn": drawn,
-        "max": max_n,
-        "posterior": None if decision.posterior is None else round(decision.posterior, 6),
-        "saved": saved,
-        "tokens_saved_estimate": round(saved * mean_candidate_tokens),
-    }
+    return AdaptiveStop(rule=decision.rule, reason=decision.reason, drawn=drawn, max=max_n,
+                        posterior=None if decision.posterior is None else round(decision.posterior, 6),
+                        saved=saved, tokens_saved_estimate=round(saved * mean_candidate_tokens))

@@ -33,7 +33,7 @@ def failed(name: str, critique: str) -> Verdict:
     return verdict(name, False, critique)
 
 
-def check_keys(spec: dict, allowed: tuple[str, ...], path: str) -> None:
+def check_keys(spec: dict[str, Any], allowed: tuple[str, ...], path: str) -> None:
     for key in spec:
         if key not in allowed:
             raise SpecError(
@@ -41,7 +41,7 @@ def check_keys(spec: dict, allowed: tuple[str, ...], path: str) -> None:
             )
 
 
-def positive_number(spec: dict, key: str, path: str, default: float) -> float:
+def positive_number(spec: dict[str, Any], key: str, path: str, default: float) -> float:
     value = spec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise SpecError(f"{path}.{key}", f"must be a positive number of seconds, got {value!r}")
@@ -50,7 +50,7 @@ def positive_number(spec: dict, key: str, path: str, default: float) -> float:
     return float(value)
 
 
-def positive_int(spec: dict, key: str, path: str, default: int) -> int:
+def positive_int(spec: dict[str, Any], key: str, path: str, default: int) -> int:
     value = spec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SpecError(f"{path}.{key}", f"must be a positive integer, got {value!r}")
@@ -74,7 +74,7 @@ def _content_text(content: Any) -> str | None:
     return None
 
 
-def payload_text(payload: dict) -> str | None:
+def payload_text(payload: dict[str, Any]) -> str | None:
     """The text a format checker looks at: the extracted answer, else the
     candidate's content, else the first tool call's arguments."""
     answer = payload.get("answer")

@@ -36,14 +36,15 @@ The payload every checker sees (`payload_for`):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from itsproxy.strategies.checkers import command, http, json_schema, python_entry
 from itsproxy.strategies.checkers._common import check_keys
 from itsproxy.strategies.types import Candidate, SpecError, Verdict
 
-KINDS = {
+KINDS: dict[str, Callable[[dict[str, Any], str], Checker]] = {
     "command": command.from_spec,
     "python": python_entry.from_spec,
     "http": http.from_spec,
@@ -66,10 +67,10 @@ class Checker(Protocol):
     name: str
     secrets: tuple[str, ...]  # configured values (headers, env) the proxy must redact everywhere
 
-    async def check(self, payload: dict) -> Verdict: ...
+    async def check(self, payload: dict[str, Any]) -> Verdict: ...
 
 
-def build_checkers(spec: dict, path: str) -> list[Checker]:
+def build_checkers(spec: dict[str, Any], path: str) -> list[Checker]:
     """Validate a `check` stage and build its checkers, in the order written."""
     if not isinstance(spec, dict):
         raise SpecError(path, f"must be a mapping naming at least one of {', '.join(KINDS)}")
@@ -85,7 +86,7 @@ def build_checkers(spec: dict, path: str) -> list[Checker]:
     return [KINDS[kind](spec, path) for kind in kinds]
 
 
-def check_extractor(spec: dict, path: str = "check") -> str | None:
+def check_extractor(spec: dict[str, Any], path: str = "check") -> str | None:
     """The stage's `extract` key (an extractor name the pipeline applies), if any."""
     extract = spec.get("extract") if isinstance(spec, dict) else None
     if extract is not None and (not isinstance(extract, str) or not extract):
@@ -93,7 +94,7 @@ def check_extractor(spec: dict, path: str = "check") -> str | None:
     return extract
 
 
-def payload_for(candidate: Candidate, messages: list[dict], answer: Any = ...) -> dict:
+def payload_for(candidate: Candidate, messages: list[dict[str, Any]], answer: Any = ...) -> dict[str, Any]:
     """The JSON a checker receives; `answer` overrides the candidate's own extracted answer."""
     message = candidate.message
     cand: dict[str, Any] = {
@@ -105,7 +106,7 @@ def payload_for(candidate: Candidate, messages: list[dict], answer: Any = ...) -
     return {"messages": messages, "candidate": cand, "answer": candidate.answer if answer is ... else answer}
 
 
-async def _safe_check(checker: Checker, payload: dict, redact: Redact) -> Verdict:
+async def _safe_check(checker: Checker, payload: dict[str, Any], redact: Redact) -> Verdict:
     name = getattr(checker, "name", type(checker).__name__)
     try:
         result = await checker.check(payload)
@@ -121,14 +122,14 @@ async def _safe_check(checker: Checker, payload: dict, redact: Redact) -> Verdic
 
 
 async def check_candidates(
-    checkers: list[Checker], candidates: list[Candidate], messages: list[dict],
+    checkers: list[Checker], candidates: list[Candidate], messages: list[dict[str, Any]],
     answer_of: Callable[[Candidate], Any] | None = None, redact: Redact = no_redaction,
 ) -> None:
     """Run every checker on every candidate concurrently (each checker's own cap
     applies) and append the verdicts, critiques redacted, to `candidate.verdicts` in checker order."""
     if not checkers or not candidates:
         return
-    jobs = []
+    jobs: list[Coroutine[Any, Any, Verdict]] = []
     for cand in candidates:
         payload = payload_for(cand, messages, ... if answer_of is None else answer_of(cand))
         jobs.extend(_safe_check(checker, payload, redact) for checker in checkers)

@@ -24,6 +24,7 @@ import signal
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from itsproxy.strategies.checkers.sandbox import SANDBOX_PATH, SandboxSpec, launcher_env, unavailable, wrap
@@ -77,7 +78,7 @@ def _child_pythonpath(sandboxed: bool) -> str:
     return os.pathsep.join(keep)
 
 
-def _limiter(cpu_s: int, mem_bytes: int, nproc: int | None):
+def _limiter(cpu_s: int, mem_bytes: int, nproc: int | None) -> Callable[[], None]:
     def clamp(kind: int, want: int) -> None:
         _, hard = resource.getrlimit(kind)
         if hard != resource.RLIM_INFINITY:
@@ -162,11 +163,13 @@ async def _exit_code(proc: asyncio.subprocess.Process) -> int:
     return proc.returncode
 
 
-async def _stop(tasks: list[asyncio.Task]) -> None:
+async def _stop(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
 
+
+DEFAULT_SANDBOX = SandboxSpec()  # frozen: one shared default
 
 class CommandChecker:
     def __init__(
@@ -178,7 +181,7 @@ class CommandChecker:
         memory_mb: int = DEFAULT_MEMORY_MB,
         max_concurrency: int = DEFAULT_CONCURRENCY,
         env: dict[str, str] | None = None,
-        sandbox: SandboxSpec | None = SandboxSpec(),
+        sandbox: SandboxSpec | None = DEFAULT_SANDBOX,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         self.name = _name(argv)
@@ -195,7 +198,8 @@ class CommandChecker:
     def _env(self, home: str) -> dict[str, str]:
         sandboxed = self.sandbox is not None
         env = {  # sandboxed, a fixed PATH: the proxy's own PATH would name directories the sandbox lacks
-            "PATH": f"{os.path.dirname(sys.executable)}:{SANDBOX_PATH}" if sandboxed else os.environ.get("PATH", os.defpath),
+            "PATH": (f"{os.path.dirname(sys.executable)}:{SANDBOX_PATH}" if sandboxed
+                     else os.environ.get("PATH", os.defpath)),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOME": home,
             "PYTHONPATH": _child_pythonpath(sandboxed),
@@ -205,7 +209,7 @@ class CommandChecker:
         env.update(self.extra_env)
         return env
 
-    async def check(self, payload: dict) -> Verdict:
+    async def check(self, payload: dict[str, Any]) -> Verdict:
         data = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
         async with self._limit.sem():
             if self.sandbox is None:
@@ -300,7 +304,7 @@ class CommandChecker:
         return failed(self.name, f"{why}: {detail}" if detail else why)
 
 
-def _files(spec: dict, path: str) -> tuple[str, ...]:
+def _files(spec: dict[str, Any], path: str) -> tuple[str, ...]:
     files: Any = spec.get("files") or []
     if not isinstance(files, list):
         raise SpecError(f"{path}.files", "must be a list of absolute paths the checker may read")
@@ -312,14 +316,14 @@ def _files(spec: dict, path: str) -> tuple[str, ...]:
     return tuple(os.path.normpath(f) for f in files)
 
 
-def _flag(spec: dict, key: str, path: str, default: bool) -> bool:
+def _flag(spec: dict[str, Any], key: str, path: str, default: bool) -> bool:
     value = spec.get(key, default)
     if not isinstance(value, bool):
         raise SpecError(f"{path}.{key}", f"must be true or false, got {value!r}")
     return value
 
 
-def _sandbox(spec: dict, path: str, memory_mb: int) -> SandboxSpec | None:
+def _sandbox(spec: dict[str, Any], path: str, memory_mb: int) -> SandboxSpec | None:
     network = _flag(spec, "network", path, False)
     max_processes = positive_int(spec, "max_processes", path, DEFAULT_MAX_PROCESSES)
     files = _files(spec, path)
@@ -343,7 +347,7 @@ def _executable(program: str, path: str) -> str:
     return found
 
 
-def from_spec(spec: dict, path: str) -> CommandChecker:
+def from_spec(spec: dict[str, Any], path: str) -> CommandChecker:
     argv = spec["command"]
     if not isinstance(argv, list) or not argv:
         raise SpecError(f"{path}.command", "must be a non-empty list of strings (argv, no shell)")

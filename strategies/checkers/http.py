@@ -74,7 +74,7 @@ class HttpChecker:
         if client is not None:
             await client.aclose()
 
-    async def check(self, payload: dict) -> Verdict:
+    async def check(self, payload: dict[str, Any]) -> Verdict:
         body = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
         async with self._limit.sem():
             try:
@@ -119,7 +119,7 @@ class HttpChecker:
         return verdict(self.name, data["pass"], critique)
 
 
-def from_spec(spec: dict, path: str) -> HttpChecker:
+def from_spec(spec: dict[str, Any], path: str) -> HttpChecker:
     hpath = f"{path}.http"
     http: Any = spec["http"]
     if isinstance(http, str):

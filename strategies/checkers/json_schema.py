@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import jsonschema
@@ -24,7 +25,7 @@ def _short(text: str) -> str:
     return text if len(text) <= _MSG_CAP else text[:_MSG_CAP] + "…"
 
 
-def _key_path(parts) -> str:
+def _key_path(parts: Iterable[Any]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
 
 
@@ -35,7 +36,7 @@ class JsonSchemaChecker:
     def __init__(self, validator: Any) -> None:
         self.validator = validator
 
-    async def check(self, payload: dict) -> Verdict:
+    async def check(self, payload: dict[str, Any]) -> Verdict:
         text = payload_text(payload)
         if not text or not text.strip():
             return failed(self.name, "The answer is empty; a JSON document is required.")
@@ -60,7 +61,7 @@ class RegexChecker:
         self.pattern = pattern
         self.compiled = re.compile(pattern)
 
-    async def check(self, payload: dict) -> Verdict:
+    async def check(self, payload: dict[str, Any]) -> Verdict:
         text = payload_text(payload) or ""
         if self.compiled.search(text):
             return verdict(self.name, True, "The answer matches the required format.")
@@ -70,7 +71,7 @@ class RegexChecker:
         )
 
 
-def json_schema_from_spec(spec: dict, path: str) -> JsonSchemaChecker:
+def json_schema_from_spec(spec: dict[str, Any], path: str) -> JsonSchemaChecker:
     spath = f"{path}.json_schema"
     schema = spec["json_schema"]
     if not isinstance(schema, dict):
@@ -78,7 +79,9 @@ def json_schema_from_spec(spec: dict, path: str) -> JsonSchemaChecker:
     cls: Any = jsonschema.Draft202012Validator
     if "$schema" in schema:
         uri = schema["$schema"]
-        cls = jsonschema.validators.validator_for(schema, default=None) if isinstance(uri, str) else None
+        # validator_for returns `default` for a $schema it does not know: None is how we tell.
+        known = jsonschema.validators.validator_for(schema, default=None)  # type: ignore[arg-type]
+        cls = known if isinstance(uri, str) else None
         if cls is None:
             raise SpecError(f"{spath}.$schema", f"unknown $schema {uri!r}")
     try:
@@ -88,7 +91,7 @@ def json_schema_from_spec(spec: dict, path: str) -> JsonSchemaChecker:
     return JsonSchemaChecker(cls(schema, format_checker=cls.FORMAT_CHECKER))
 
 
-def regex_from_spec(spec: dict, path: str) -> RegexChecker:
+def regex_from_spec(spec: dict[str, Any], path: str) -> RegexChecker:
     pattern = spec["regex"]
     if not isinstance(pattern, str):
         raise SpecError(f"{path}.regex", f"must be a regular expression string, got {pattern!r}")

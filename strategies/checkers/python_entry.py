@@ -13,7 +13,8 @@ import copy
 import importlib
 import inspect
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from itsproxy.strategies.types import SpecError, Verdict
 
@@ -31,9 +32,9 @@ from ._common import (
 _ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-def _is_async(fn: Callable) -> bool:
+def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)
+        getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async, not callable()
     )
 
 
@@ -59,7 +60,7 @@ class PythonChecker:
     def __init__(
         self,
         entry: str,
-        fn: Callable,
+        fn: Callable[..., Any],
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_concurrency: int = DEFAULT_CONCURRENCY,
@@ -70,7 +71,7 @@ class PythonChecker:
         self._async = _is_async(fn)
         self._limit = LoopLocal(max_concurrency)
 
-    async def check(self, payload: dict) -> Verdict:
+    async def check(self, payload: dict[str, Any]) -> Verdict:
         payload = copy.deepcopy(payload)  # a checker must not alter what others see
         async with self._limit.sem():
             try:
@@ -91,7 +92,7 @@ class PythonChecker:
         return verdict(self.name, *outcome)
 
 
-def load_entry(entry: Any, path: str) -> Callable:
+def load_entry(entry: Any, path: str) -> Callable[..., Any]:
     if not isinstance(entry, str) or not _ENTRY.match(entry):
         raise SpecError(path, f"must be 'package.module:function', got {entry!r}")
     module_name, attr = entry.split(":", 1)
@@ -106,10 +107,11 @@ def load_entry(entry: Any, path: str) -> Callable:
             raise SpecError(path, f"{module_name!r} has no attribute {attr!r}") from None
     if not callable(obj):
         raise SpecError(path, f"{entry!r} is not callable ({type(obj).__name__})")
-    return obj
+    fn: Callable[..., Any] = obj
+    return fn
 
 
-def from_spec(spec: dict, path: str) -> PythonChecker:
+def from_spec(spec: dict[str, Any], path: str) -> PythonChecker:
     entry = spec["python"]
     fn = load_entry(entry, f"{path}.python")
     return PythonChecker(

@@ -4,7 +4,7 @@ Each augmenting string is an arm. A request's batch of n samples is split across
 (UCB1 or Thompson sampling), with a `min_share` floor so no string is ever starved; after
 selection every candidate pays its string a reward: 1 if it passed the hard checks (when
 any ran), else 1 if its answer equals the winner's, else 0. The I/O side (the SQLite
-store, the pipeline hooks) lives in `proxy/search_store.py` and `strategies/search_run.py`.
+store, the pipeline hooks) lives in `proxy/storage/search_store.py` and `strategies/search/strings_run.py`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The augmenting-string search as the pipeline sees it: `plan` before drawing the first
-batch, `learn` after selection. The store is reached through `ctx.services.search_stores`
-(a `proxy.search_store.SearchStores`); without one the search still allocates (from no
+batch, `learn` after selection. The store is reached through the `ctx.search_stores` port
+(the proxy's `storage/search_store.py`); without one the search still allocates (from no
 data) but learns nothing. A store failure never fails the request: it is logged and the
 request proceeds on what is known.
 """
@@ -11,25 +11,25 @@ import logging
 import random
 from typing import Any
 
+from itsproxy.strategies.ports import RunContext, SearchStore
 from itsproxy.strategies.search.strings import ArmStats, SearchSpec, allocate, describe, request_rng, rewards_for
 from itsproxy.strategies.types import Selection
 
 log = logging.getLogger(__name__)
 
 
-def _store(ctx: Any, spec: SearchSpec) -> Any:
-    stores = getattr(ctx.services, "search_stores", None)
-    return stores.get(spec.path) if stores is not None else None
+def _store(ctx: RunContext, spec: SearchSpec) -> SearchStore | None:
+    return ctx.search_stores.get(spec.path) if ctx.search_stores is not None else None
 
 
-def _rng(ctx: Any, store: Any) -> random.Random:
+def _rng(ctx: RunContext, store: SearchStore | None) -> random.Random:
     # The client's seed makes the allocation reproducible; otherwise a per-store counter
     # (still deterministic for a given sequence of requests in one process).
     seed = ctx.seed if ctx.seed is not None else (store.next_seed() if store is not None else 0)
     return request_rng(ctx.route, seed)
 
 
-async def plan(ctx: Any, spec: SearchSpec, n: int) -> tuple[list[int] | None, dict[str, Any]]:
+async def plan(ctx: RunContext, spec: SearchSpec, n: int) -> tuple[list[int] | None, dict[str, Any]]:
     """augment_counts for `generate.draw` (one count per string, summing to n) and the `its.search` info."""
     store = _store(ctx, spec)
     stats = [ArmStats(i, t) for i, t in enumerate(spec.arms)]
@@ -44,18 +44,18 @@ async def plan(ctx: Any, spec: SearchSpec, n: int) -> tuple[list[int] | None, di
     info = describe(spec, stats, counts)
     if error:
         info["error"] = error
-    ctx.info["search"] = info  # learn() copies it into the selection
+    ctx.search = info  # learn() copies it into the selection
     return counts, info
 
 
-async def learn(ctx: Any, spec: SearchSpec, selection: Selection) -> None:
+async def learn(ctx: RunContext, spec: SearchSpec, selection: Selection) -> None:
     """Credit each first-round candidate's string with its reward and store the totals.
 
     Repair rounds are left out: their prompts carry critiques, which would credit a string
     with the checker's help, and their share was not chosen by the search.
     """
-    if "search" in ctx.info:
-        selection.info["search"] = ctx.info["search"]
+    if ctx.search is not None:
+        selection.search = ctx.search
     updates = rewards_for(selection, [c for c in selection.candidates if c.round == 0])
     store = _store(ctx, spec)
     if not updates or store is None:

@@ -19,10 +19,14 @@ import asyncio
 import json
 import math
 import re
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Iterable
+from typing import Any, Literal, TypeVar, overload
 
+from itsproxy.strategies.ports import RunContext
 from itsproxy.strategies.types import Candidate, SampleError, SpecError
+
+T = TypeVar("T")
 
 CONCURRENCY = 8  # judge calls in flight per stage run: a wide n must not flood the upstream
 SYSTEM = ("You are a careful, strict grader. Judge whether answers to the user's request are correct, not "
@@ -95,10 +99,10 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-async def bounded_gather(coros: Iterable[Awaitable[Any]], limit: int = CONCURRENCY) -> list[Any]:
+async def bounded_gather(coros: Iterable[Awaitable[T]], limit: int = CONCURRENCY) -> list[T]:
     sem = asyncio.Semaphore(limit)
 
-    async def run(coro: Awaitable[Any]) -> Any:
+    async def run(coro: Awaitable[T]) -> T:
         async with sem:
             return await coro
 
@@ -142,7 +146,7 @@ def yes_no_text(text: str) -> float | None:
     return 1.0 if word == "yes" else 0.0 if word == "no" else None
 
 
-async def ask_yes_no(ctx: Any, *, model: str, phase: str, stage: str, text: str, rubric: str = "",
+async def ask_yes_no(ctx: RunContext, *, model: str, phase: str, stage: str, text: str, rubric: str = "",
                      temperature: float = 0.0, max_tokens: int = 1) -> tuple[float | None, list[str]]:
     """One Yes/No verification call: (P(Yes) or None when unusable, notes). Used by judge and reward."""
     messages = verifier_messages(request_text(ctx.messages), answer_block(text), rubric, YES_NO_QUESTION)
@@ -186,6 +190,10 @@ def temperature(spec: dict[str, Any], path: str) -> float:
     return float(value)
 
 
+@overload
+def positive_int(spec: dict[str, Any], key: str, path: str, default: int) -> int: ...
+@overload
+def positive_int(spec: dict[str, Any], key: str, path: str, default: None) -> int | None: ...
 def positive_int(spec: dict[str, Any], key: str, path: str, default: int | None) -> int | None:
     value = spec.get(key, default)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -197,7 +205,7 @@ def choice(spec: dict[str, Any], key: str, path: str, options: tuple[str, ...]) 
     value = spec.get(key, options[0])
     if value not in options:
         raise SpecError(f"{path}.{key}", f"must be one of {', '.join(options)}, got {value!r}")
-    return value
+    return str(value)
 
 
 # ---------------------------------------------------------------- the stage
@@ -213,7 +221,7 @@ class JudgeStage:
     temperature: float = 0.0
     max_tokens: int | None = None
     name: str = "judge"
-    role: str = "scorer"
+    role: Literal["scorer"] = "scorer"
 
     @property
     def incremental(self) -> bool:
@@ -225,7 +233,7 @@ class JudgeStage:
         return [self.model]
 
     @classmethod
-    def build(cls, spec: Any, path: str) -> "JudgeStage":
+    def build(cls, spec: Any, path: str) -> JudgeStage:
         spec = check_keys(spec, path, {"model", "mode", "format", "rubric", "temperature", "max_tokens"})
         mode = choice(spec, "mode", path, ("pointwise", "pairwise"))
         fmt = choice(spec, "format", path, ("score", "yesno"))
@@ -241,7 +249,7 @@ class JudgeStage:
         params = {"temperature": self.temperature, "response_format": response_format}
         return params if self.max_tokens is None else {**params, "max_tokens": self.max_tokens}
 
-    async def apply(self, ctx: Any, candidates: list[Candidate]) -> None:
+    async def apply(self, ctx: RunContext, candidates: list[Candidate]) -> None:
         if not candidates:
             return
         if self.mode == "pairwise":
@@ -260,7 +268,7 @@ class JudgeStage:
                     set_score(c, "judge", score)
                 c.notes.extend(notes)
 
-    async def _pointwise(self, ctx: Any, text: str) -> tuple[float | None, list[str]]:
+    async def _pointwise(self, ctx: RunContext, text: str) -> tuple[float | None, list[str]]:
         if self.format == "yesno":
             return await ask_yes_no(ctx, model=self.model, phase="judge", stage="judge", text=text,
                                     rubric=self.rubric, temperature=self.temperature, max_tokens=self.max_tokens or 1)
@@ -282,7 +290,7 @@ class JudgeStage:
             return None, [f"judge: {UNPARSEABLE}"]
         return score / 10.0, []
 
-    async def _tournament(self, ctx: Any, candidates: list[Candidate]) -> None:
+    async def _tournament(self, ctx: RunContext, candidates: list[Candidate]) -> None:
         """Knock-out in draw order; a bye advances. Score = rounds advanced / rounds (champion: 1.0)."""
         request = request_text(ctx.messages)
         advanced = {id(c): 0 for c in candidates}
@@ -297,7 +305,7 @@ class JudgeStage:
         for c in candidates:
             set_score(c, "judge", advanced[id(c)] / rounds if rounds else 1.0)
 
-    async def _match(self, ctx: Any, request: str, a: Candidate, b: Candidate) -> Candidate:
+    async def _match(self, ctx: RunContext, request: str, a: Candidate, b: Candidate) -> Candidate:
         body = f"{answer_block(candidate_text(a), 'A')}\n\n{answer_block(candidate_text(b), 'B')}"
         ask = 'Which answer is better (correct and complete)? Reply with JSON: {"winner": "A"} or {"winner": "B"}.'
         messages = verifier_messages(request, body, self.rubric, ask)
@@ -312,6 +320,10 @@ class JudgeStage:
         if winner in ("A", "B"):
             return a if winner == "A" else b
         return _forfeit(a, b, f"judge: {UNPARSEABLE}")
+
+
+    async def aclose(self) -> None:
+        return None
 
 
 def _forfeit(a: Candidate, b: Candidate, why: str) -> Candidate:

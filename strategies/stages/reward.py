@@ -11,7 +11,9 @@ never make one verified. Two shapes:
 
 The endpoint is config only (never taken from a request). Generic contract:
 POST {"prompt": <last user text>, "candidates": [text, ...]} -> {"scores": [float, ...]}.
-Normalisation (`auto`): a batch already within [0, 1] is taken as probabilities;
+The call itself goes through the request's `MeteredHttp` port: the proxy does
+the HTTP and meters it (phase `reward`). Normalisation (`auto`): a batch
+already within [0, 1] is taken as probabilities;
 otherwise every raw score goes through the logistic 1/(1+exp(-x)), which keeps
 the order. Any failure (HTTP, timeout, bad JSON, wrong length) is a note on every
 candidate and no scores: never a crash. Score keys follow `itsproxy.strategies.stages.judge`.
@@ -19,17 +21,24 @@ candidate and no scores: never a crash. Score keys follow `itsproxy.strategies.s
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
-import httpx
-
-from itsproxy.strategies.stages.judge import (ask_yes_no, bounded_gather, candidate_text, check_keys, choice, clear_score,
-                              last_user_text, model_name, set_score, temperature)
+from itsproxy.strategies.ports import EndpointError, RunContext
+from itsproxy.strategies.stages.judge import (
+    ask_yes_no,
+    bounded_gather,
+    candidate_text,
+    check_keys,
+    choice,
+    clear_score,
+    last_user_text,
+    model_name,
+    set_score,
+    temperature,
+)
 from itsproxy.strategies.types import Candidate, SpecError
 
 APIS = ("generic", "vllm_classify", "vllm_pooling")
@@ -72,10 +81,8 @@ class RewardStage:
     normalize: str = "auto"
     generative: dict[str, Any] | None = None  # {model, rubric, temperature}
     name: str = "reward"
-    role: str = "scorer"
+    role: Literal["scorer"] = "scorer"
     incremental: bool = True  # each candidate's score stands on its own
-    _client: httpx.AsyncClient | None = field(default=None, repr=False)
-    _loop: Any = field(default=None, repr=False)
     _label_index: int | None = field(default=None, repr=False)
 
     @property
@@ -84,7 +91,7 @@ class RewardStage:
         return [self.generative["model"]] if self.generative else []
 
     @classmethod
-    def build(cls, spec: Any, path: str) -> "RewardStage":
+    def build(cls, spec: Any, path: str) -> RewardStage:
         spec = check_keys(spec, path, {"url", "api", "model", "timeout_s", "label", "normalize", "generative"})
         if "generative" in spec:
             if len(spec) > 1:
@@ -105,7 +112,7 @@ class RewardStage:
     def model_path(self) -> str | None:
         return self.generative["model_path"] if self.generative else None
 
-    async def apply(self, ctx: Any, candidates: list[Candidate]) -> None:
+    async def apply(self, ctx: RunContext, candidates: list[Candidate]) -> None:
         if not candidates:
             return
         if self.generative:
@@ -120,8 +127,9 @@ class RewardStage:
         for c, s in zip(candidates, scores):
             set_score(c, "reward", s)
 
-    async def _generative(self, ctx: Any, candidates: list[Candidate]) -> None:
+    async def _generative(self, ctx: RunContext, candidates: list[Candidate]) -> None:
         g = self.generative
+        assert g is not None
         results = await bounded_gather(
             ask_yes_no(ctx, model=g["model"], phase="reward", stage="reward", text=candidate_text(c),
                        rubric=g["rubric"], temperature=g["temperature"]) for c in candidates)
@@ -132,7 +140,7 @@ class RewardStage:
                 set_score(c, "reward", p)
             c.notes.extend(notes)
 
-    async def _endpoint_scores(self, ctx: Any, texts: list[str]) -> list[float]:
+    async def _endpoint_scores(self, ctx: RunContext, texts: list[str]) -> list[float]:
         prompt = last_user_text(ctx.messages)
         if self.api == "generic":
             payload = await self._post(ctx, {"prompt": prompt, "candidates": texts})
@@ -177,40 +185,19 @@ class RewardStage:
             return 1 - max(range(2), key=lambda i: data[0]["probs"][i])
         raise RewardError(f"cannot tell which class is {self.label!r}; configure label as an index")
 
-    def client(self) -> httpx.AsyncClient:
-        # Created lazily inside the serving loop; a config that outlives its loop (reload, tests) gets a new one.
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client, self._loop = httpx.AsyncClient(trust_env=False, follow_redirects=False), loop
-        return self._client
-
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        return None  # holds no client: the proxy's MeteredHttp does the calls
 
-    async def _post(self, ctx: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """One metered POST: the ledger records it under phase `reward` with the usage the endpoint reports."""
-        rec = ctx.ledger.open("reward", self.model or urlparse(self.url).netloc) if ctx.ledger is not None else None
-        started = time.monotonic()
+    async def _post(self, ctx: RunContext, body: dict[str, Any]) -> dict[str, Any]:
+        """One POST through the request's metered port (recorded under phase `reward`)."""
+        if ctx.http is None:
+            raise RewardError("no endpoint client in this context")
+        assert self.url is not None  # set for every non-generative stage (build)
         try:
-            resp = await self.client().post(self.url, json=body, timeout=self.timeout_s)
-            payload = resp.json() if resp.status_code < 400 else None
-        except asyncio.CancelledError:
-            _close(rec, started, "cancelled")
-            raise
-        except httpx.TimeoutException:
-            _close(rec, started, "error")
-            raise RewardError(f"endpoint timed out after {self.timeout_s:g}s") from None
-        except (httpx.HTTPError, ValueError) as exc:
-            _close(rec, started, "error")
-            raise RewardError(f"endpoint failed ({type(exc).__name__})") from None
-        if resp.status_code >= 400 or not isinstance(payload, dict):
-            _close(rec, started, "error")
-            raise RewardError(f"endpoint answered HTTP {resp.status_code}" if resp.status_code >= 400
-                              else "reply is not a JSON object")
-        _close(rec, started, "ok", payload.get("usage"))
-        return payload
+            return await ctx.http.post_json(self.url, body, phase="reward", model=self.model or _host(self.url),
+                                            timeout=self.timeout_s)
+        except EndpointError as exc:
+            raise RewardError(str(exc)) from None
 
 
 def _fail(candidates: list[Candidate], why: str) -> None:
@@ -219,22 +206,14 @@ def _fail(candidates: list[Candidate], why: str) -> None:
         c.notes.append(f"reward: {why}")
 
 
-def _close(rec: Any, started: float, outcome: str, usage: Any = None) -> None:
-    if rec is None:
-        return
-    rec.latency_s, rec.outcome = time.monotonic() - started, outcome
-    if isinstance(usage, dict):
-        rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        rec.completion_tokens = int(usage.get("completion_tokens") or 0)
-    # Nobody prices a reward endpoint: unknown when it spent tokens, nothing when it reported none.
-    rec.cost_usd = 0.0 if rec.total_tokens == 0 else None
-    rec.choices = 0
+def _host(url: str) -> str:
+    return urlparse(url).netloc
 
 
 def _url(spec: dict[str, Any], path: str) -> str:
     url = spec.get("url")
     parsed = urlparse(url) if isinstance(url, str) else None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+    if not isinstance(url, str) or parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise SpecError(f"{path}.url", "is required: an http(s) URL of the reward endpoint (or use `generative`)")
     return url
 

@@ -10,24 +10,29 @@ model. Like any LLM verdict it can be wrong; it picks, it never verifies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from itsproxy.strategies.stages.judge import (UNPARSEABLE, answer_block, candidate_text, check_keys, failed_note, json_schema,
-                              model_name, parse_json_object, positive_int, request_text, temperature,
-                              verifier_messages)
-from itsproxy.strategies.types import Candidate, SampleError, SpecError
-from itsproxy.strategies.stages.vote import Tally
+from itsproxy.strategies.extract import Extractor
+from itsproxy.strategies.ports import RunContext
+from itsproxy.strategies.stages.judge import (
+    UNPARSEABLE,
+    answer_block,
+    candidate_text,
+    check_keys,
+    failed_note,
+    json_schema,
+    model_name,
+    parse_json_object,
+    positive_int,
+    request_text,
+    temperature,
+    verifier_messages,
+)
+from itsproxy.strategies.types import Candidate, SampleError, SpecError, Tally
 
 ASK = ("Evaluate these responses. Select the most consistent response based on majority consensus. "
        'Reply with JSON: {"best": "<id>"}.')
-
-
-@dataclass
-class UscTally(Tally):
-    """A Tally that also says why (the pipeline may copy `reasons` into the selection)."""
-
-    reasons: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -38,14 +43,15 @@ class UscStage:
     temperature: float = 0.0
     max_tokens: int | None = None
     name: str = "usc"
-    role: str = "picker"
+    role: Literal["picker"] = "picker"
+    extractor: Extractor | None = None  # free-form: nothing to extract
 
     @property
     def models(self) -> list[str]:
         return [self.model]
 
     @classmethod
-    def build(cls, spec: Any, path: str) -> "UscStage":
+    def build(cls, spec: Any, path: str) -> UscStage:
         spec = check_keys(spec, path, {"model", "max_candidates", "temperature", "max_tokens"})
         max_c = positive_int(spec, "max_candidates", path, 16)
         if max_c < 2:
@@ -53,22 +59,24 @@ class UscStage:
         return cls(model_name(spec, path), f"{path}.model", max_c, temperature(spec, path),
                    positive_int(spec, "max_tokens", path, None))
 
-    async def pick(self, ctx: Any, candidates: list[Candidate]) -> Tally:
+    async def pick(self, ctx: RunContext, candidates: list[Candidate]) -> Tally:
         if not candidates:
-            return UscTally({}, None, False, None)
+            return Tally({}, None, False, None)
         if len(candidates) == 1:
-            return UscTally({"usc": candidates[0].index}, candidates[0], False, None, ["usc: a single candidate"])
+            return Tally({"usc": candidates[0].index}, candidates[0], False, None, ["usc: a single candidate"])
         shown = candidates[: self.max_candidates]
         reasons = [] if len(shown) == len(candidates) else [
             f"usc compared the first {len(shown)} of {len(candidates)} candidates (max_candidates)"]
         chosen, why = await self._ask(ctx, shown)
         if chosen is None:
             shown[0].notes.append(f"{why}; returned the first candidate")
-            return UscTally({}, shown[0], False, None, reasons + [f"{why}; returned the first candidate"])
-        return UscTally({"usc": chosen.index}, chosen, False, None,
-                        reasons + ["most consistent with the others (usc)"])
+            return Tally({}, shown[0], False, None, reasons + [f"{why}; returned the first candidate"])
+        return Tally({"usc": chosen.index}, chosen, False, None, reasons + ["most consistent with the others (usc)"])
 
-    async def _ask(self, ctx: Any, shown: list[Candidate]) -> tuple[Candidate | None, str]:
+    async def aclose(self) -> None:
+        return None
+
+    async def _ask(self, ctx: RunContext, shown: list[Candidate]) -> tuple[Candidate | None, str]:
         ids = [str(i + 1) for i in range(len(shown))]
         body = "\n\n".join(answer_block(candidate_text(c), i) for c, i in zip(shown, ids))
         messages = verifier_messages(request_text(ctx.messages), body, "", ASK)

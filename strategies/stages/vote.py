@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from itsproxy.strategies.extract import Extractor, build_extractor
-from itsproxy.strategies.types import Candidate, SpecError
+from itsproxy.strategies.ports import RunContext
+from itsproxy.strategies.types import Candidate, SpecError, Tally
 
-
-@dataclass
-class Tally:
-    votes: dict[str, float]  # answer -> count (or summed weight), in first-seen order
-    winner: Candidate | None
-    tie: bool  # the top score was shared; broken by earliest candidate
-    agreement: float | None  # winner's share of the votes cast
+__all__ = ["Tally", "VoteStage", "tally"]
 
 
 def tally(candidates: list[Candidate], weight: str | None = None) -> Tally:
@@ -39,8 +34,9 @@ def tally(candidates: list[Candidate], weight: str | None = None) -> Tally:
     best = min(leaders, key=lambda a: first[a].index)
     cast = sum(votes.values())
     agreement = (top / cast) if cast > 0 else None
-    if weight is None:
-        votes = {a: int(v) for a, v in votes.items()}
+    if weight is None:  # plain counts render as integers
+        counts: dict[str, float] = {a: int(v) for a, v in votes.items()}
+        votes = counts
     return Tally(votes, first[best], len(leaders) > 1, agreement)
 
 
@@ -51,10 +47,18 @@ class VoteStage:
     extractor: Extractor
     weight: str | None = None
     name: str = "vote"
-    role: str = "picker"
+    role: Literal["picker"] = "picker"
+
+    @property
+    def models(self) -> list[str]:
+        return []  # calls no model
+
+    @property
+    def model_path(self) -> str | None:
+        return None
 
     @classmethod
-    def build(cls, spec: Any, path: str) -> "VoteStage":
+    def build(cls, spec: Any, path: str) -> VoteStage:
         spec = spec if spec is not None else {}
         if isinstance(spec, dict):
             unknown = set(spec) - {"extract", "pattern", "weight"}
@@ -67,5 +71,8 @@ class VoteStage:
             weight = None
         return cls(build_extractor(spec, path), weight)
 
-    async def pick(self, ctx: Any, candidates: list[Candidate]) -> Tally:
+    async def pick(self, ctx: RunContext, candidates: list[Candidate]) -> Tally:
         return tally(candidates, self.weight)
+
+    async def aclose(self) -> None:
+        return None

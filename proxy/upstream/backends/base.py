@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from itsproxy.proxy.config import Deployment
 from itsproxy.strategies.types import SampleError
+
+if TYPE_CHECKING:  # replies.py imports this module's errors
+    from itsproxy.proxy.upstream.replies import Wire
 
 # Providers say "n is not supported" in many ways.
 _N_ERROR = re.compile(
@@ -71,10 +75,10 @@ class UpstreamBusy(UpstreamError):
 class Backend(Protocol):
     # `timeout` bounds each phase of one attempt; `deadline` (event-loop time) bounds retries and their waits.
     async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float,
-                       deadline: float | None = None) -> dict[str, Any]: ...
+                       deadline: float | None = None, wire: Wire = ...) -> dict[str, Any]: ...
 
     def stream(self, entry: Deployment, body: dict[str, Any], timeout: float,
-               deadline: float | None = None) -> AsyncIterator[dict[str, Any]]: ...
+               deadline: float | None = None, wire: Wire = ...) -> AsyncGenerator[dict[str, Any], None]: ...
 
     async def aclose(self) -> None: ...
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 import certifi
@@ -19,7 +20,7 @@ import msgspec
 
 from itsproxy.proxy.config import Deployment
 from itsproxy.proxy.upstream.backends.base import UpstreamError, UpstreamProtocolError, error_from_body
-from itsproxy.proxy.upstream.replies import Finishes, check_chunk, check_completion, completion_as_chunks, decode_json
+from itsproxy.proxy.upstream.replies import CHAT, Finishes, Wire, decode_json
 from itsproxy.proxy.upstream.retry import RetryPolicy, parse_retry_after
 from itsproxy.proxy.upstream.sse_decoder import Event, SSEDecoder
 
@@ -67,13 +68,13 @@ class DirectBackend:
             t = self._timeouts[timeout] = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
         return t
 
-    def _request(self, entry: Deployment, body: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+    def _request(self, entry: Deployment, body: dict[str, Any], wire: Wire) -> tuple[str, dict[str, str], bytes]:
         base = (entry.api_base or OPENAI_BASE).rstrip("/")
         headers = {"content-type": "application/json"}
         if entry.params.get("api_key"):
             headers["authorization"] = f"Bearer {entry.params['api_key']}"
         payload = {**body, "model": _upstream_model(entry)}
-        return f"{base}/chat/completions", headers, msgspec.json.encode(payload)
+        return f"{base}/{wire.path}", headers, msgspec.json.encode(payload)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], deadline: float | None) -> T:
         """`attempt()` until it succeeds or the retry policy gives up (then its error is raised)."""
@@ -90,33 +91,33 @@ class DirectBackend:
             tries += 1
 
     async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float,
-                       deadline: float | None = None) -> dict[str, Any]:
-        url, headers, content = self._request(entry, body)
-        return await self._retrying(lambda: self._complete_once(url, headers, content, timeout), deadline)
+                       deadline: float | None = None, wire: Wire = CHAT) -> dict[str, Any]:
+        url, headers, content = self._request(entry, body, wire)
+        return await self._retrying(lambda: self._complete_once(url, headers, content, timeout, wire), deadline)
 
     async def _complete_once(self, url: str, headers: dict[str, str], content: bytes,
-                             timeout: float) -> dict[str, Any]:
+                             timeout: float, wire: Wire) -> dict[str, Any]:
         resp = await self._open(url, headers, content, timeout)
         try:
             raw = await self._read(resp)
-        except asyncio.TimeoutError:  # aiohttp's timeouts subclass it
+        except TimeoutError:  # aiohttp's timeouts subclass it
             raise UpstreamError(f"upstream timed out after {timeout:.1f}s") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream connection failed: {type(exc).__name__}") from None
         finally:
             resp.release()
-        return _completion(raw)
+        return _reply(raw, wire)
 
     async def stream(self, entry: Deployment, body: dict[str, Any], timeout: float,
-                     deadline: float | None = None) -> AsyncIterator[dict[str, Any]]:
+                     deadline: float | None = None, wire: Wire = CHAT) -> AsyncGenerator[dict[str, Any], None]:
         """Validated chunks. Errors before the first chunk are retried like `complete`'s; after it,
         a malformed chunk or a stream cut before its end raises, once the good chunks are out."""
-        url, headers, content = self._request(entry, {**body, "stream": True})
+        url, headers, content = self._request(entry, {**body, "stream": True}, wire)
         resp = await self._retrying(lambda: self._open(url, headers, content, timeout), deadline)
         try:
-            async for chunk in self._chunks(resp):
+            async for chunk in self._chunks(resp, wire):
                 yield chunk
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamError(f"upstream stream stalled for {timeout:.1f}s") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream stream broke off: {type(exc).__name__}") from None
@@ -135,7 +136,7 @@ class DirectBackend:
                 raw = await self._read(resp)
             finally:
                 resp.release()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamError(f"upstream timed out after {timeout:.1f}s") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}") from None
@@ -155,11 +156,11 @@ class DirectBackend:
             parts.append(data)
         return b"".join(parts)
 
-    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    async def _chunks(self, resp: aiohttp.ClientResponse, wire: Wire) -> AsyncIterator[dict[str, Any]]:
         kind = (resp.headers.get("content-type") or "text/event-stream").split(";")[0].strip().lower()
         if kind == "application/json":  # a whole completion instead of a stream: told as its chunks
-            for chunk in completion_as_chunks(_completion(await self._read(resp))):
-                yield chunk
+            for told in wire.as_chunks(_reply(await self._read(resp), wire)):
+                yield told
             return
         if kind != "text/event-stream":
             raise UpstreamProtocolError(f"upstream answered a stream request with {kind}", "upstream_not_sse",
@@ -168,7 +169,7 @@ class DirectBackend:
         async for event in self._events(resp):
             if event.data == "[DONE]":
                 return
-            chunk = _chunk(event)
+            chunk = _chunk(event, wire)
             if chunk is not None:
                 finishes.add(chunk)
                 yield chunk
@@ -200,16 +201,16 @@ def _json(raw: bytes | str) -> Any:
         return None
 
 
-def _completion(raw: bytes) -> dict[str, Any]:
+def _reply(raw: bytes, wire: Wire) -> dict[str, Any]:
     payload = _json(raw)
     if not isinstance(payload, dict):
         raise UpstreamProtocolError("upstream sent a response that is not a JSON object", answered=False)
-    if "error" in payload and "choices" not in payload:  # an error told with status 200
+    if "error" in payload and "choices" not in payload and "data" not in payload:  # an error told with status 200
         raise error_from_body(502, payload, "upstream error")
-    return check_completion(payload)
+    return wire.check(payload)
 
 
-def _chunk(event: Event) -> dict[str, Any] | None:
+def _chunk(event: Event, wire: Wire) -> dict[str, Any] | None:
     """An event's chunk; None for events that carry none (other event types, empty data)."""
     if event.event == "error":
         raise error_from_body(502, _json(event.data), f"upstream stream error: {event.data[:200]}")
@@ -222,7 +223,7 @@ def _chunk(event: Event) -> dict[str, Any] | None:
                                     "upstream_malformed_chunk") from None
     if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
         raise error_from_body(502, chunk, "upstream stream error")
-    return check_chunk(chunk)
+    return wire.check_chunk(chunk)
 
 
 def _too_large(cap: int) -> UpstreamProtocolError:

@@ -8,12 +8,14 @@ litellm is called with `num_retries=0` so that only one loop decides.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any
 
 from itsproxy.proxy.config import Deployment
+from itsproxy.proxy.params import FORWARD
 from itsproxy.proxy.upstream.backends.base import UpstreamError, UpstreamProtocolError
 from itsproxy.proxy.upstream.litellm_loader import litellm
-from itsproxy.proxy.upstream.replies import Finishes, check_chunk, check_completion
+from itsproxy.proxy.upstream.replies import CHAT, EMBEDDINGS, TEXT, Finishes, Wire
 from itsproxy.proxy.upstream.retry import RetryPolicy, parse_retry_after
 
 
@@ -52,20 +54,30 @@ def _dump(obj: Any) -> Any:
     return obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else obj
 
 
+# What litellm's completion, text_completion and embedding calls take by name.
+LITELLM_KNOWN = FORWARD | {"messages", "prompt", "input", "stream", "stream_options", "n", "echo", "best_of", "suffix",
+                           "encoding_format", "dimensions"}
+
 class LitellmBackend:
     def __init__(self, retry: RetryPolicy | None = None) -> None:
         self.retry = retry or RetryPolicy()
         self.lib = litellm()  # at startup, never inside a request
 
     def _kwargs(self, entry: Deployment, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        return {**body, **entry.params, "model": entry.model, "timeout": timeout, "num_retries": 0,
-                "max_retries": 0}
+        # Parameters litellm does not know (top_k, min_p …) travel as the provider's extra body.
+        extra = {k: v for k, v in body.items() if k not in LITELLM_KNOWN}
+        known = {k: v for k, v in body.items() if k in LITELLM_KNOWN}
+        out = {**known, **entry.params, "model": entry.model, "timeout": timeout, "num_retries": 0, "max_retries": 0}
+        if extra:
+            out["extra_body"] = extra
+        return out
 
-    async def _call(self, kwargs: dict[str, Any], deadline: float | None) -> Any:
+    async def _call(self, kwargs: dict[str, Any], deadline: float | None, wire: Wire = CHAT) -> Any:
+        call = {CHAT: self.lib.acompletion, TEXT: self.lib.atext_completion, EMBEDDINGS: self.lib.aembedding}[wire]
         tries = 0
         while True:
             try:
-                return await self.lib.acompletion(**kwargs)
+                return await call(**kwargs)
             except UpstreamError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every litellm failure becomes one error type
@@ -78,16 +90,16 @@ class LitellmBackend:
             tries += 1
 
     async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float,
-                       deadline: float | None = None) -> dict[str, Any]:
-        return check_completion(_dump(await self._call(self._kwargs(entry, body, timeout), deadline)))
+                       deadline: float | None = None, wire: Wire = CHAT) -> dict[str, Any]:
+        return wire.check(_dump(await self._call(self._kwargs(entry, body, timeout), deadline, wire)))
 
     async def stream(self, entry: Deployment, body: dict[str, Any], timeout: float,
-                     deadline: float | None = None) -> AsyncIterator[dict[str, Any]]:
-        resp = await self._call(self._kwargs(entry, {**body, "stream": True}, timeout), deadline)
+                     deadline: float | None = None, wire: Wire = CHAT) -> AsyncGenerator[dict[str, Any], None]:
+        resp = await self._call(self._kwargs(entry, {**body, "stream": True}, timeout), deadline, wire)
         finishes = Finishes()
         try:
             async for raw in resp:
-                chunk = check_chunk(_dump(raw))
+                chunk = wire.check_chunk(_dump(raw))
                 finishes.add(chunk)
                 yield chunk
         except UpstreamError:
