@@ -2,7 +2,8 @@
 
 The answer graded is the route's own extraction when the response carries one
 (`its.evidence[selected].answer`), else `--extract` applied to the returned text, else
-the text's first line. It is right when a checker given on the command line passes it,
+the text's first line. Candidates are graded from `its.evidence[].answer`, which only
+routes with an extractor (vote, usc, check) fill. It is right when a checker given on the command line passes it,
 or, with no checker, when it normalises to one of the row's accepted answers.
 """
 
@@ -47,8 +48,8 @@ class Grader:
         answer = self.answer_of(text, its)
         out: dict[str, Any] = {"answer": answer, "correct": await self.is_right(row, answer)}
         evidence = [e for e in (its or {}).get("evidence") or [] if isinstance(e, dict)]
-        if not evidence:
-            return out
+        if all(e.get("answer") is None for e in evidence):
+            return out  # no extractor on this route (e.g. judge only): the candidates cannot be graded
         rights = [await self.is_right(row, None if e.get("answer") is None else str(e["answer"])) for e in evidence]
         out["candidate_answers"] = [e.get("answer") for e in evidence]
         out["candidate_correct"] = rights
