@@ -48,6 +48,7 @@ class Summary:
     candidates: float | None
     errors: int
     estimated: int
+    first_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +83,8 @@ def summarise_group(route: str, n: int | None, recs: list[dict[str, Any]]) -> Su
         judge_fpr=sum(j["fp"] for j in judge) / wrong if wrong else None,
         judge_fnr=sum(j["fn"] for j in judge) / right if right else None,
         candidates=_mean([r["candidates"] for r in ok if r.get("candidates") is not None]),
-        errors=len(recs) - len(ok), estimated=sum(bool(r.get("estimated")) for r in ok))
+        errors=len(recs) - len(ok), estimated=sum(bool(r.get("estimated")) for r in ok),
+        first_error=next((r["error"] for r in recs if r.get("error")), None))
 
 
 def summarise(records: list[dict[str, Any]], order: list[tuple[str, int | None]]) -> list[Summary]:
@@ -106,8 +108,9 @@ HEADER = ("route", "n", "cand", "accuracy (95% CI)", "coverage@n", "tokens/q (pr
 def rows_of(s: Summary) -> tuple[str, ...]:
     tokens = "–" if s.tokens is None else f"{s.tokens:.0f} ({s.prompt_tokens:.0f}+{s.completion_tokens:.0f})"
     judge = "–" if s.judge_fpr is None and s.judge_fnr is None else f"{_fmt(s.judge_fpr, '.2f')}/{_fmt(s.judge_fnr, '.2f')}"
-    return (s.route, "route" if s.n is None else str(s.n), _fmt(s.candidates, ".1f"),
-            f"{s.accuracy:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}] ({s.correct}/{s.questions})",
+    accuracy = (f"– (all {s.questions} failed)" if s.errors == s.questions
+                else f"{s.accuracy:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}] ({s.correct}/{s.questions})")
+    return (s.route, "route" if s.n is None else str(s.n), _fmt(s.candidates, ".1f"), accuracy,
             _fmt(s.coverage, ".3f"), tokens, _fmt(s.cost_usd, ".2e"), _fmt(s.p50_latency_s, ".2f"),
             _fmt(s.verified_rate, ".3f"), judge, str(s.errors))
 
@@ -115,4 +118,5 @@ def rows_of(s: Summary) -> tuple[str, ...]:
 def markdown(summaries: list[Summary]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(rows_of(s)) + " |" for s in summaries]
-    return "\n".join(lines) + "\n"
+    failed = [f"- {s.route} n={s.n}: {s.errors} failed, first: {s.first_error}" for s in summaries if s.errors]
+    return "\n".join(lines + ([""] + failed if failed else [])) + "\n"
