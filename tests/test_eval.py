@@ -153,3 +153,16 @@ def test_eval_rejects_a_bad_checker(tmp_path, capsys):
     code, _, err = run_eval(capsys, "--base-url", "http://127.0.0.1:9/v1", "--dataset", "capitals",
                             "--routes", "r", "--check", "itsproxy.nope:check", "--out", str(tmp_path / "o"))
     assert code == 2 and "cannot import" in err
+
+
+def test_eval_says_when_its_proxy_cannot_start(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump({"simulator": {"port": port}, "model_list": sim_models(f"http://127.0.0.1:{port}"),
+                                       "routes": [VOTE]}))
+        code, _, err = run_eval(capsys, "--config", str(cfg), "--dataset", "sums", "--routes", "math-vote",
+                                "--out", str(tmp_path / "o"))
+    assert code == 2 and "cannot start the proxy" in err

@@ -50,12 +50,16 @@ def start_proxy(config_path: str | None, stack: ExitStack) -> tuple[str, str]:
         config = load_config(config_path)
     except ConfigError as exc:
         raise EvalError(f"config error: {exc}") from None
-    if config.simulator is not None:
-        section = config.simulator
-        fields = {k: v for k, v in section.items() if k not in ("port", "host")}
-        sim = serve_simulator(SimConfig(**fields), host=section.get("host", "127.0.0.1"), port=section.get("port", 0))
-        stack.callback(sim.stop)
-    handle = serve_in_thread(embedded_config(create_app(config)))
+    try:
+        if config.simulator is not None:
+            section = config.simulator
+            fields = {k: v for k, v in section.items() if k not in ("port", "host")}
+            sim = serve_simulator(SimConfig(**fields), host=section.get("host", "127.0.0.1"),
+                                  port=section.get("port", 0))
+            stack.callback(sim.stop)
+        handle = serve_in_thread(embedded_config(create_app(config)))
+    except (OSError, RuntimeError) as exc:  # a port in use, a server that would not start
+        raise EvalError(f"cannot start the proxy from {config.source}: {exc}") from None
     stack.callback(handle.stop)
     keys = config.server.api_keys
     return handle.base_url, keys[0] if keys else "none"
