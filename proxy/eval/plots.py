@@ -67,9 +67,9 @@ def accuracy_vs_tokens(summaries: list[Summary], path: Path, title: str) -> None
         err = [[s.accuracy - s.ci_low for s in group], [s.ci_high - s.accuracy for s in group]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=route, color=f"C{i}", linewidth=1.8,
                     elinewidth=1, ecolor=to_rgba(f"C{i}", 0.45))
-        for (x, y), text in _labels(group).items():
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, -13 - 9 * (i % 3)), fontsize=8,
-                        color=f"C{i}")
+        for j, ((x, y), text) in enumerate(_labels(group).items()):  # alternate below/above: neighbours
+            ax.annotate(text, (x, y), textcoords="offset points", fontsize=8, color=f"C{i}",
+                        xytext=(6, -13 - 9 * (i % 3)) if j % 2 == 0 else (6, 6 + 9 * (i % 3)))
         points += list(zip(xs, ys))
     front = pareto(points)
     if front:
@@ -79,7 +79,8 @@ def accuracy_vs_tokens(summaries: list[Summary], path: Path, title: str) -> None
     _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("tokens per question (prompt + completion, all calls; log scale)")
     ax.set_ylabel("accuracy (95% Wilson interval)")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.1)  # room for the labels of points at 1.0
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
@@ -112,7 +113,8 @@ def accuracy_vs_n(summaries: list[Summary], path: Path, title: str) -> None:
         ax.set_xticks(ns, [str(n) for n in ns])
     ax.set_xlabel("n (candidates requested)")
     ax.set_ylabel("share of questions")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.1)  # room for the labels of points at 1.0
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
