@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from itsproxy.proxy.cli import main
 from itsproxy.proxy.eval.capitals import check
 from itsproxy.proxy.eval.datasets.make_capitals import PARAMS, prompt
 from tests.llama_helpers import MODEL_NAME, Relay, llama, llama_models  # noqa: F401  (llama: a fixture)
@@ -109,6 +110,24 @@ def test_passthrough_chat_stream_gives_the_usage_asked_for(real_proxy, relay):
     usage = [c.usage for c in chunks if c.usage is not None]
     assert len(usage) == 1  # the client asked for usage: it gets one, the proxy's (estimated) count
     assert usage[0].total_tokens == its["usage"]["total"]["total_tokens"]
+
+
+def test_eval_sends_completion_prompts_to_a_real_server(llama, tmp_path, capsys):  # noqa: F811
+    """`itsproxy eval` on the capitals dataset straight at llama.cpp (no proxy: no `its`), graded by the
+    sound checker; the same questions graded by the references agree with it."""
+    out = tmp_path / "o"
+    args = ["eval", "--no-progress", "--base-url", llama.base_url, "--dataset", "capitals", "--routes", MODEL_NAME,
+            "--limit", "6", "--concurrency", "1", "--seed", "1"]
+    assert main([*args, "--out", str(out), "--check", CHECKER]) == 0
+    assert main([*args, "--out", str(tmp_path / "refs")]) == 0
+    capsys.readouterr()
+    by_checker = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by_refs = {r["id"]: r for r in map(json.loads, (tmp_path / "refs" / "results.jsonl").read_text().splitlines())}
+    assert len(by_checker) == 6 and all(r["error"] is None and r["completion_tokens"] > 0 for r in by_checker)
+    for r in by_checker:
+        if r["answer"] == by_refs[r["id"]]["answer"]:  # same seed, but llama.cpp's prefix cache may differ
+            assert r["correct"] == by_refs[r["id"]]["correct"]
+    assert (out / "accuracy_vs_tokens.png").stat().st_size > 0
 
 
 # ---------------------------------------------------------------- completions (need the lead's surface)

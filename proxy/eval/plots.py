@@ -56,6 +56,14 @@ def _plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(plain)
 
 
+def _legend_or_note(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=9)
+    else:
+        ax.text(0.5, 0.5, "nothing to plot here\n(no answered (route, n) with these figures)", ha="center",
+                va="center", transform=ax.transAxes, color="0.4")
+
+
 def accuracy_vs_tokens(summaries: list[Summary], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     points = []
@@ -83,41 +91,46 @@ def accuracy_vs_tokens(summaries: list[Summary], path: Path, title: str) -> None
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    _legend_or_note(ax)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
+def _n_of(s: Summary) -> float | None:
+    """The n asked for, or where none was (the route's own), the candidates it drew on average."""
+    return s.n if s.n is not None else (round(s.candidates, 1) if s.candidates else None)
+
+
 def accuracy_vs_n(summaries: list[Summary], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    ns = sorted({s.n for s in summaries if s.n is not None})
+    ns = sorted({x for s in summaries if (x := _n_of(s)) is not None})
     for i, (route, group) in enumerate(_by_route(summaries).items()):
-        group = sorted([s for s in group if s.n is not None], key=lambda s: s.n or 0)
+        group = sorted([s for s in group if _n_of(s) is not None], key=lambda s: _n_of(s) or 0)
         if not group:
             continue
         if all(s.candidates == 1 for s in group):  # a single call whatever n asked (passthrough): a baseline
             ax.axhline(group[0].accuracy, color=f"C{i}", linestyle="-.", linewidth=1.2,
                        label=f"{route} (one call, any n)")
             continue
-        xs = [s.n for s in group]
+        xs = [_n_of(s) for s in group]
         err = [[s.accuracy - s.ci_low for s in group], [s.ci_high - s.accuracy for s in group]]
         ax.errorbar(xs, [s.accuracy for s in group], yerr=err, marker="o", capsize=3, color=f"C{i}",
                     label=f"{route} accuracy", linewidth=1.8, elinewidth=1,
                     ecolor=to_rgba(f"C{i}", 0.45))
-        cov = [(s.n, s.coverage) for s in group if s.coverage is not None]
+        cov = [(_n_of(s), s.coverage) for s in group if s.coverage is not None]
         if cov:
             ax.plot(*zip(*cov), linestyle=":", marker="^", color=f"C{i}", alpha=0.8, label=f"{route} coverage@n")
     if ns:
         ax.set_xscale("log", base=2)
-        ax.set_xticks(ns, [str(n) for n in ns])
-    ax.set_xlabel("n (candidates requested)")
+        ax.set_xticks(ns, [f"{n:g}" for n in ns])
+    ax.set_xlabel("n (as requested; for a route at its own n, the candidates it drew)")
     ax.set_ylabel("share of questions")
     ax.set_ylim(-0.02, 1.1)  # room for the labels of points at 1.0
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    _legend_or_note(ax)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
