@@ -17,6 +17,7 @@ import pytest
 from itsproxy.proxy.cli import main
 from itsproxy.proxy.eval.capitals import check
 from itsproxy.proxy.eval.datasets.make_capitals import PARAMS, prompt
+from itsproxy.proxy.eval.direct import main as direct_main
 from tests.llama_helpers import MODEL_NAME, Relay, llama, llama_models  # noqa: F401  (llama: a fixture)
 
 NEEDS_COMPLETIONS = pytest.mark.skip(reason="needs /v1/completions surface (lead)")
@@ -128,6 +129,19 @@ def test_eval_sends_completion_prompts_to_a_real_server(llama, tmp_path, capsys)
         if r["answer"] == by_refs[r["id"]]["answer"]:  # same seed, but llama.cpp's prefix cache may differ
             assert r["correct"] == by_refs[r["id"]]["correct"]
     assert (out / "accuracy_vs_tokens.png").stat().st_size > 0
+
+
+def test_direct_baseline_script(llama, tmp_path, capsys):  # noqa: F811
+    """The no-proxy baseline the README quotes: greedy, one sample, vote@k, coverage@k per row."""
+    out = tmp_path / "direct.jsonl"
+    assert direct_main(["--base-url", llama.base_url, "--limit", "3", "--k", "2", "--seed", "0",
+                        "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["rows"] == len(rows) == 3
+    for key in ("greedy", "sample", "vote", "coverage"):
+        assert summary[key] == round(sum(r[key] for r in rows) / 3, 3)
+    assert all(len(r["answers"]) == 2 and r["coverage"] >= r["sample"] for r in rows)
 
 
 # ---------------------------------------------------------------- completions (need the lead's surface)
