@@ -1,4 +1,4 @@
-"""`itsproxy serve | check-config | simulate`."""
+"""`itsproxy serve | check-config | simulate | traces | eval`."""
 
 from __future__ import annotations
 
@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     from itsproxy.proxy.telemetry.traces_export import register as register_traces
 
     register_traces(sub)
+    from itsproxy.proxy.eval.cli import register as register_eval
+
+    register_eval(sub)
     return parser
 
 
