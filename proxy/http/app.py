@@ -13,6 +13,7 @@ from starlette.routing import Mount, Route
 
 from itsproxy.proxy.http.auth import AuthMiddleware
 from itsproxy.proxy.http.chat import ChatSurface
+from itsproxy.proxy.http.responses import ResponsesSurface
 from itsproxy.proxy.config import Config, load_config
 from itsproxy.proxy.errors import ApiError
 from itsproxy.proxy.runtime import Services
@@ -55,6 +56,9 @@ def create_app(config: Config) -> Starlette:
     async def chat(request: Request) -> Response:
         return await scaling.handle(request, chat_surface)
 
+    async def responses(request: Request) -> Response:
+        return await scaling.handle(request, ResponsesSurface())  # one per request: it keeps the echo fields
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         try:
@@ -65,6 +69,8 @@ def create_app(config: Config) -> Starlette:
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/chat/completions", chat, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
+        Route("/responses", responses, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
