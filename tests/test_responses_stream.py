@@ -45,7 +45,7 @@ def check_lifecycle(events, final) -> None:
 
 
 def test_passthrough_stream_event_order_and_usage(proxy):
-    events, final = run_stream(proxy.client, model="sim", input=Q)
+    events, final = run_stream(proxy.client, model="sim", input=Q, temperature=0)
     assert squeeze([e.type for e in events]) == ["response.created", "response.in_progress", *TEXT_ITEM,
                                                  "response.completed"]
     assert sum(e.type == "response.output_text.delta" for e in events) > 1  # relayed live, in pieces
