@@ -165,3 +165,14 @@ def test_upstream_refusing_before_the_stream_is_an_http_error(make_proxy, fresh_
     with pytest.raises(openai.APIStatusError) as exc:
         p.client.responses.create(model="sim-broken", input=Q)
     assert exc.value.status_code == 502 and exc.value.body["code"] == "upstream_error"
+
+
+def test_keepalives_while_a_slow_route_works(make_proxy, fresh_sim):
+    route = {**VOTE_ROUTE, "generate": {"model": "sim-slow", "n": 2}}
+    p = make_proxy({"routes": [route], "server": {"keepalive_s": 0.1}}, fresh_sim)
+    with httpx.stream("POST", f"{p.url}/v1/responses", json={"model": "math", "input": Q, "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    first_comment = next(i for i, line in enumerate(lines) if line.startswith(":"))
+    assert '"response.in_progress"' in lines[first_comment - 1]  # the opening events went out first
+    events, final = run_stream(p.client, model="math", input=Q)  # the SDK skips the comments
+    assert final.model_extra["its"]["candidates"] == 2 and events[-1].type == "response.completed"

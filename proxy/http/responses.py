@@ -13,6 +13,7 @@ would otherwise not see.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -79,7 +80,7 @@ class ResponsesSurface:
 
     def _events(self) -> ResponseEvents:
         rid, created = item_id("resp"), _now()
-        return ResponseEvents(lambda **fields: self.response(rid, created, **fields))
+        return ResponseEvents(functools.partial(self.response, rid, created))
 
     def scaling_stream(self, call: Call) -> "ResponsesScalingStream":
         return ResponsesScalingStream(self._events(), self._logprobs)
@@ -104,7 +105,7 @@ class ResponsesScalingStream:
         out: list[bytes] = []
         logprobs = chat_logprobs(self.logprobs(sample.logprobs))
         for i, delta in enumerate(message_deltas(dict(outcome.winner.message))):
-            out += self.events.delta(delta, logprobs if i == 0 else None)  # the winner's logprobs ride on its first delta
+            out += self.events.delta(delta, logprobs if i == 0 else None)  # logprobs ride on the first delta
         return out + self.events.finish(sample.finish_reason, outcome.usage(), outcome.its())
 
     def error(self, err: ApiError) -> list[bytes]:

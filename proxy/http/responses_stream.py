@@ -11,8 +11,7 @@ then per item added → (part added → deltas → done → part done) → item 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from itsproxy.proxy.errors import ApiError
 from itsproxy.proxy.http.responses_items import (
@@ -20,8 +19,12 @@ from itsproxy.proxy.http.responses_items import (
 )
 from itsproxy.proxy.http.sse import sse
 
-# Builds the Response object: (status, output, usage, its, incomplete_details, error) -> dict.
-ResponseBuilder = Callable[..., dict[str, Any]]
+class ResponseBuilder(Protocol):
+    """Builds this stream's Response object (one id, one created_at) in a given state."""
+
+    def __call__(self, *, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
+                 its: dict[str, Any] | None = None, incomplete_details: dict[str, str] | None = None,
+                 error: dict[str, Any] | None = None) -> dict[str, Any]: ...
 
 
 class ResponseEvents:
