@@ -74,7 +74,7 @@ class ResponsesSurface:
     def render_passthrough(self, resp: dict[str, Any], its: dict[str, Any], usage: dict[str, int]) -> dict[str, Any]:
         choice = first_choice(resp)
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        created = resp.get("created") if isinstance(resp.get("created"), int) else 0
+        created = resp.get("created") if isinstance(resp.get("created"), int) else _now()
         return self._finished(created, message, choice.get("finish_reason"), choice.get("logprobs"),
                               {**(resp.get("usage") or {}), **usage}, its)
 
