@@ -19,6 +19,7 @@ from itsproxy.proxy.http.auth import AuthMiddleware
 from itsproxy.proxy.http.chat import ChatSurface
 from itsproxy.proxy.http.completions import CompletionsSurface
 from itsproxy.proxy.http.embeddings import EmbeddingsSurface
+from itsproxy.proxy.http.responses import ResponsesSurface
 from itsproxy.proxy.runtime import Services
 from itsproxy.proxy.scaling import Scaling, Surface
 from itsproxy.proxy.telemetry import dashboard
@@ -80,6 +81,9 @@ def create_app(config: Config) -> Starlette:
                                            ("completions", CompletionsSurface(drop)),
                                            ("embeddings", EmbeddingsSurface(drop))]
 
+    async def responses(request: Request) -> Response:
+        return await scaling.handle(request, ResponsesSurface())  # one per request: it keeps the echo fields
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         try:
@@ -90,6 +94,8 @@ def create_app(config: Config) -> Starlette:
     routes: list[BaseRoute] = [Route(f"{prefix}/{path}", _endpoint(scaling, surface), methods=["POST"])
               for path, surface in surfaces for prefix in ("/v1", "")]
     routes += [
+        Route("/v1/responses", responses, methods=["POST"]),
+        Route("/responses", responses, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/models", models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", model, methods=["GET"]),
