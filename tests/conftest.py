@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from typing import Any, Callable
 
 import httpx
@@ -22,6 +23,22 @@ from itsproxy.proxy.simulator import SimConfig  # noqa: E402
 from itsproxy.proxy.simulator import serve_in_thread as serve_simulator  # noqa: E402
 
 KEY = "sk-upstream-secret-4f9a"  # the proxy's upstream key: must never leak
+
+
+def stray_top_level_modules() -> list[str]:
+    """Modules imported as top-level `proxy`/`strategies` (ours install as itsproxy.*)."""
+    return sorted(m for m in sys.modules if m.split(".")[0] in ("proxy", "strategies"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if anything imported our folders as `proxy`/`strategies`: tests have the repo
+    root on sys.path, so such an import works here and breaks in the installed wheel."""
+    stray = stray_top_level_modules()
+    if stray:
+        session.config.get_terminal_writer().line(
+            f"ERROR: top-level modules imported during the tests: {stray}; use itsproxy.proxy / itsproxy.strategies",
+            red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the proxy's upstream key: must never leak
 
 
 def sim_models(sim_url: str, **variants: str) -> list[dict[str, Any]]:
