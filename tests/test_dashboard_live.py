@@ -10,9 +10,13 @@ from __future__ import annotations
 import itertools
 import uuid
 
+import pytest
+
 from itsproxy.proxy.simulator import questions
 from tests import observability_helpers as obs
 from tests.test_dashboard_browser import CHARTS, body_attr, chart_container, chromium, tile_value
+
+pytestmark = pytest.mark.slow  # a real headless Chromium
 
 CHROMIUM = "/usr/bin/chromium"
 
