@@ -30,7 +30,7 @@ from itsproxy.proxy.redact import Redactor
 from itsproxy.proxy.runtime import Exchange, Services
 from itsproxy.proxy.upstream.backends.base import UpstreamBusy, UpstreamError, UpstreamProtocolError
 from itsproxy.proxy.upstream.replies import Wire
-from itsproxy.strategies.pipeline import NotEnoughCandidates, Pipeline, RunContext, Unverified
+from itsproxy.strategies.pipeline import NoAnswer, NotEnoughCandidates, Pipeline, RunContext, Unverified
 
 T = TypeVar("T")
 STREAM_GRACE_S = 2.0
@@ -235,6 +235,8 @@ class Scaling:
             raise upstream_failure(exc.errors, self.s.config.redactor, passthrough=False) from None
         except UpstreamError as exc:
             raise upstream_failure([exc], self.s.config.redactor, passthrough=False) from None
+        except NoAnswer as exc:
+            raise ApiError(422, f"nothing to select on: {exc.reason}", code="no_answer") from None
         except Unverified as exc:
             raise ApiError(422, "no candidate passed verification", code="unverified",
                            extra={"critiques": exc.critiques[:20], "candidates": len(exc.selection.candidates)},

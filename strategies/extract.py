@@ -29,6 +29,14 @@ class Extractor:
     def __call__(self, message: dict[str, Any]) -> str | None:
         return _FUNCS[self.kind](message, self.pattern)
 
+    def inapplicable(self, messages: list[dict[str, Any]]) -> str | None:
+        """Why no answer can be extracted from any reply to this conversation, known before drawing:
+        a tool-call vote when the last turn is a tool result (the model now answers in text)."""
+        last = messages[-1].get("role") if messages else None
+        if self.kind == "tool_call" and last in ("tool", "function"):
+            return "a tool_call vote after a tool result: the model answers in text"
+        return None
+
 
 def extract_answers(extractor: Extractor | None, candidates: list[Candidate]) -> None:
     """Set each candidate's `answer` (what it votes for); without an extractor, leave them unset."""

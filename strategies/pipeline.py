@@ -35,6 +35,14 @@ class NotEnoughCandidates(Exception):
         self.got, self.need, self.errors = got, need, errors
 
 
+class NoAnswer(Exception):
+    """The selector had nothing to select on and the route says on_no_answer: error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Unverified(Exception):
     """No candidate passed the hard checks and the route says on_unverified: error."""
 
@@ -56,6 +64,7 @@ class Pipeline:
     repair: RepairSpec | None = None
     on_unverified: str = "error"
     min_candidates: int = 1
+    on_no_answer: str = "first"  # first | passthrough | error: when the selector has nothing to select on
 
     @property
     def filters(self) -> list[Filter]:
@@ -77,6 +86,9 @@ class Pipeline:
         extract_answers(self.extractor, candidates)
 
     async def run(self, ctx: RunContext) -> Selection:
+        why = self.extractor.inapplicable(ctx.messages) if self.extractor is not None else None
+        if why is not None:  # known before drawing: one call's cost, not n
+            return await self._single(ctx, why)
         candidates, rounds = await self._draw_and_check(ctx)
         hard = bool(self.filters)
         pool = [c for c in candidates if c.verified] if hard else candidates
@@ -95,6 +107,22 @@ class Pipeline:
         if hard:
             selection.verified = bool(selection.winner and selection.winner.verified)
         return selection
+
+    async def _single(self, ctx: RunContext, why: str) -> Selection:
+        """One candidate, when nothing could be selected among n: through the route's generation
+        (`first`), or as the client sent it (`passthrough`); `error` refuses."""
+        if self.on_no_answer == "error":
+            raise NoAnswer(why)
+        if self.on_no_answer == "passthrough":
+            model = self.generate.pool[0].model
+            samples = await ctx.sampler.sample(ctx.messages, model=model, n=1, params=ctx.params)
+            batch = [Candidate(index=0, sample=samples[0])]
+        else:
+            batch, errors = await draw(ctx.sampler, self.generate, ctx.messages, ctx.params, n=1, start_index=0,
+                                       round=0, seed=ctx.seed, phase="generate")
+            self._enough(batch, errors, 1)
+        fallback = {"reason": why, "action": self.on_no_answer}
+        return Selection(batch[0], batch, self.strategy, reasons=[f"{why}: drew one candidate"], fallback=fallback)
 
     async def _draw_and_check(self, ctx: RunContext) -> tuple[list[Candidate], list[RepairRound]]:
         candidates: list[Candidate] = []
@@ -168,10 +196,14 @@ class Pipeline:
             tally = await picker.pick(ctx, pool)
             winner = tally.winner
             reasons = (["tie broken by earliest candidate"] if tally.tie else []) + tally.reasons
-            if winner is None:  # nobody had an extractable answer: fall back, and say so
+            fallback = None
+            if winner is None:  # nobody had an extractable answer: the route decides, and says so
+                if self.on_no_answer == "error":
+                    raise NoAnswer("no candidate had an extractable answer")
                 winner, reasons = pool[0], ["no candidate had an extractable answer; returned the first"]
+                fallback = {"reason": "no_extractable_answer", "action": "first"}
             return Selection(winner, everyone, self.strategy, votes=tally.votes, tie=tally.tie, reasons=reasons,
-                             agreement=tally.agreement)
+                             agreement=tally.agreement, fallback=fallback)
         if self.scorers:
             scored = [c for c in pool if "score" in c.scores]
             if not scored:
@@ -228,11 +260,14 @@ def build_pipeline(route: dict[str, Any], path: str, models: set[str]) -> Pipeli
     min_c = route.get("min_candidates", 1)
     if isinstance(min_c, bool) or not isinstance(min_c, int) or min_c < 1:
         raise SpecError(f"{path}.min_candidates", "must be an integer >= 1")
+    on_no_answer = route.get("on_no_answer", "first")
+    if on_no_answer not in ("first", "passthrough", "error"):
+        raise SpecError(f"{path}.on_no_answer", "must be first, passthrough or error")
     _check_adaptive(spec, stages, extractor, path)
     repair = parse_repair(route.get("repair"), f"{path}.repair")
     if repair and not any(s.role == "filter" for s in stages):
         raise SpecError(f"{path}.repair", "needs a check stage: repair back-prompts with the checkers' critiques")
-    return Pipeline(spec, stages, extractor, repair, on_unverified, min_c)
+    return Pipeline(spec, stages, extractor, repair, on_unverified, min_c, on_no_answer)
 
 
 def _check_adaptive(spec: GenerateSpec, stages: list[Stage], extractor: Extractor | None, path: str) -> None:

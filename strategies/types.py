@@ -166,10 +166,13 @@ class Selection:
     stop: Stop | None = None  # why drawing stopped early (adaptive rule or spend cap)
     search: dict[str, Any] | None = None  # the augmenting-string search's allocation (`its.search`)
     disagreements: int | None = None  # judge vs hard checks; None when no hard check ran
+    fallback: dict[str, str] | None = None  # the selector had nothing to select on: what happened instead
 
     def extras(self) -> dict[str, Any]:
         """The stage evidence for the `its` block, as JSON (besides votes, agreement, verified)."""
         out: dict[str, Any] = {}
+        if self.fallback is not None:
+            out["fallback"] = self.fallback
         if self.disagreements is not None:
             out["disagreements"] = self.disagreements
         if self.search is not None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -23,6 +25,38 @@ from itsproxy.proxy.simulator import SimConfig  # noqa: E402
 from itsproxy.proxy.simulator import serve_in_thread as serve_simulator  # noqa: E402
 
 KEY = "sk-upstream-secret-4f9a"  # the proxy's upstream key: must never leak
+
+
+def stray_top_level_modules() -> list[str]:
+    """Modules imported as top-level `proxy`/`strategies` (ours install as itsproxy.*)."""
+    return sorted(m for m in sys.modules if m.split(".")[0] in ("proxy", "strategies"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if anything imported our folders as `proxy`/`strategies`: tests have the repo
+    root on sys.path, so such an import works here and breaks in the installed wheel."""
+    stray = stray_top_level_modules()
+    if stray:
+        session.config.get_terminal_writer().line(
+            f"ERROR: top-level modules imported during the tests: {stray}; use itsproxy.proxy / itsproxy.strategies",
+            red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the proxy's upstream key: must never leak
+
+
+# Tests that drive an external program or several processes (marked here so their files stay as
+# they are; tests/test_dashboard_*.py mark themselves). `-m "not slow"` leaves them out.
+SLOW = {
+    "tests/test_prometheus_server.py": None,  # None: the whole file
+    "tests/test_metering.py": {"test_prometheus_reads_back_real_traffic", "test_several_workers_add_up"},
+    "tests/test_metrics.py": {"test_multiprocess_workers_add_up_exactly"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path, _, name = item.nodeid.partition("::")
+        if path in SLOW and (SLOW[path] is None or name.split("[")[0] in SLOW[path]):
+            item.add_marker(pytest.mark.slow)
 
 
 def sim_models(sim_url: str, **variants: str) -> list[dict[str, Any]]:
@@ -56,6 +90,26 @@ class Proxy:
         self.handle.stop()
 
 
+def stop_all(servers: list[Any]) -> None:
+    """Stop servers concurrently: a stop is mostly waiting on uvicorn's 0.1 s shutdown ticks."""
+    if servers:
+        with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+            list(pool.map(lambda server: server.stop(), servers))
+
+
+@pytest.fixture(scope="module")
+def module_servers():
+    """Proxies and private simulators started by one test module, stopped together when it ends.
+
+    Each test's servers are its own (own port, own app state); left idle until the module's end
+    they take no traffic, and stopping them all at once costs one shutdown instead of one per test.
+    A test that needs a stop inside it (a restart) calls `.stop()` itself; stopping twice is fine.
+    """
+    started: list[Any] = []
+    yield started
+    stop_all(started)
+
+
 @pytest.fixture(scope="session")
 def sim():
     handle = serve_simulator(SimConfig(seed=1))
@@ -64,17 +118,14 @@ def sim():
 
 
 @pytest.fixture
-def fresh_sim():
+def fresh_sim(module_servers):
     """A simulator of one's own, for tests that change its settings or read its stats."""
     handle = serve_simulator(SimConfig(seed=3))
-    yield handle
-    handle.stop()
+    module_servers.append(handle)
+    return handle
 
 
-@pytest.fixture
-def make_proxy() -> Callable[..., Proxy]:
-    started: list[Proxy] = []
-
+def proxy_starter(started: list[Any]) -> Callable[..., Proxy]:
     def start(config: dict[str, Any], sim: Any, *, api_key: str = "none") -> Proxy:
         cfg = copy.deepcopy(config)
         cfg.setdefault("model_list", sim_models(sim.url))
@@ -83,9 +134,13 @@ def make_proxy() -> Callable[..., Proxy]:
         started.append(proxy)
         return proxy
 
-    yield start
-    for p in started:
-        p.stop()
+    return start
+
+
+@pytest.fixture
+def make_proxy(module_servers) -> Callable[..., Proxy]:
+    """`make_proxy(config, sim)`: a proxy on loopback with that config (the simulator's models by default)."""
+    return proxy_starter(module_servers)
 
 
 VOTE_ROUTE = {"name": "vote", "match": {"model": "math"}, "generate": {"model": "sim", "n": 9, "temperature": 0.8},
@@ -93,9 +148,10 @@ VOTE_ROUTE = {"name": "vote", "match": {"model": "math"}, "generate": {"model": 
 PASS_ROUTE = {"name": "pass", "match": {"model": "*"}, "generate": {"model": "sim"}, "passthrough": True}
 
 
-@pytest.fixture
-def proxy(make_proxy, sim) -> Proxy:
-    return make_proxy({"routes": [VOTE_ROUTE, PASS_ROUTE]}, sim)
+@pytest.fixture(scope="module")
+def proxy(module_servers, sim) -> Proxy:
+    """One vote + passthrough proxy shared by a module's tests (they only send it requests)."""
+    return proxy_starter(module_servers)({"routes": [VOTE_ROUTE, PASS_ROUTE]}, sim)
 
 
 def scaling_route(select, n=5, name="r", **extra) -> dict[str, Any]:

@@ -14,10 +14,12 @@ import time
 import uuid
 from collections.abc import Callable
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from itsproxy.proxy import serving
@@ -69,6 +71,27 @@ def build_app(on_stats: Callable[[], None] | None = None, api_key: str | None = 
         Route("/metrics", dashboard.metrics_endpoint),
         Mount("/dashboard/static", app=dashboard.static_app),
     ])
+
+
+def stats_front(target_url: str, before_stats: Callable[[], None]) -> Starlette:
+    """A GET-only front for a real server: each `/v1/its/stats` request first runs `before_stats`
+    (in a worker thread, to completion), then everything is forwarded unchanged.
+
+    Headless Chromium polls on virtual time, so polls may follow each other in a few milliseconds
+    of wall time; traffic in the background may then finish no request between two polls. Work
+    done inside the poll is seen by the next one, whatever the machine's load.
+    """
+
+    async def forward(request):
+        if request.url.path == "/v1/its/stats":
+            await run_in_threadpool(before_stats)
+        headers = {k: v for k, v in request.headers.items() if k in ("authorization", "accept")}
+        async with httpx.AsyncClient(base_url=target_url, timeout=WAIT_S) as client:
+            upstream = await client.get(request.url.path, params=request.query_params, headers=headers)
+        kept = {k: v for k, v in upstream.headers.items() if k in ("content-type", "cache-control")}
+        return Response(upstream.content, status_code=upstream.status_code, headers=kept)
+
+    return Starlette(routes=[Route("/{path:path}", forward)])
 
 
 class LoopbackServer:

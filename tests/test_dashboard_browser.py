@@ -22,6 +22,8 @@ except ImportError:
 
 from itsproxy.proxy.telemetry import metrics
 
+pytestmark = pytest.mark.slow  # a real headless Chromium
+
 CHROMIUM = "/usr/bin/chromium"
 CHARTS = ("requests", "tokens", "latency", "agreement")
 TILES = ("rps", "tps", "extra", "cost", "verified", "latency", "saved")

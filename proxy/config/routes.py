@@ -19,7 +19,7 @@ from itsproxy.strategies.types import SpecError
 
 ROUTE_KEYS = {
     "name", "match", "generate", "select", "passthrough", "limits", "repair", "on_unverified",
-    "min_candidates", "usage_report", "client_params",
+    "min_candidates", "usage_report", "client_params", "on_no_answer",
 }
 LIMIT_KEYS = {"max_n", "timeout_s", "max_extra_tokens", "max_cost_usd"}
 
