@@ -32,20 +32,10 @@ Item = tuple[str, int]
 
 
 async def embeddings(request: Request) -> Response:
-    st = request.app.state.sim
-    body = await replies.read_json(request)
-    if body is None:
-        st.stats.add("", requests=1)
-        return error(st, "", "the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        st.stats.add("", requests=1)
-        return error(st, "", "'model' is required", "model", "missing_required_parameter")
-    st.stats.add(model, requests=1)
-    try:
-        _, cfg = st.config_for(model)
-    except ValueError as exc:
-        return error(st, model, str(exc), "model", "invalid_model_option")
+    opened = await replies.open_model_request(request)
+    if isinstance(opened, Response):
+        return opened
+    st, body, model, _, cfg = opened
     items = read_inputs(body.get("input"))
     if items is None:
         return error(st, model, "'input' must be a non-empty string, a list of strings, a list of token ids "

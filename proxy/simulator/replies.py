@@ -97,8 +97,8 @@ class Opened:
         return bool(self.body.get("stream")) and not self.cfg.json_to_stream
 
 
-async def open_generation(request: Request) -> Opened | Response:
-    """Read a generation request (chat or completions): body, model, options, `n`, then the gate."""
+async def open_model_request(request: Request) -> tuple[SimState, dict[str, Any], str, str, SimConfig] | Response:
+    """Read any request naming a model: the body, the model, its options (or the error to send)."""
     st: SimState = request.app.state.sim
     body = await read_json(request)
     if body is None:
@@ -113,6 +113,15 @@ async def open_generation(request: Request) -> Opened | Response:
         base, cfg = st.config_for(model)
     except ValueError as exc:
         return error(st, model, str(exc), "model", "invalid_model_option")
+    return st, body, model, base, cfg
+
+
+async def open_generation(request: Request) -> Opened | Response:
+    """Read a generation request (chat or completions): body, model, options, `n`, then the gate."""
+    opened = await open_model_request(request)
+    if isinstance(opened, Response):
+        return opened
+    st, body, model, base, cfg = opened
     n = body.get("n")
     n = 1 if n is None else n
     if not _count_ok(n):
