@@ -51,7 +51,7 @@ ANSWER = re.compile(r"answer is (-?\d+)")
 
 def routes() -> list[dict[str, Any]]:
     out = []
-    for i, (label, cfg) in enumerate(CONFIGS.items()):
+    for i, cfg in enumerate(CONFIGS.values()):
         gen = {"model": "stepper", "temperature": 0.8, **cfg["generate"]}
         out.append({"name": f"r{i}", "match": {"model": f"r{i}"}, "generate": gen, "select": cfg.get("select", []),
                     "limits": {"max_n": 16, "timeout_s": 60}})
@@ -77,7 +77,9 @@ def run_signal(signal: float, problems: list[tuple[str, int]]) -> list[tuple[str
         try:
             with ThreadPoolExecutor(4) as pool:
                 for i, label in enumerate(CONFIGS):
-                    res = list(pool.map(lambda p: ask(client, f"r{i}", p[1][0], p[1][1], p[0]), enumerate(problems)))
+                    route = f"r{i}"
+                    res = list(pool.map(lambda p, r=route: ask(client, r, p[1][0], p[1][1], p[0]),
+                                        enumerate(problems)))
                     acc = sum(ok for ok, _ in res) / len(res)
                     tok = sum(t for _, t in res) / len(res)
                     rows.append((label, acc, tok))
