@@ -35,16 +35,16 @@ from itsproxy.proxy.simulator.steps import chains  # noqa: E402
 PROBLEMS = 50
 STEP_ACCURACY = 0.8
 VOTE = [{"vote": {"extract": "number"}}]
-CONFIGS: dict[str, dict[str, Any]] = {
+CONFIGS: dict[str, dict[str, Any]] = {  # grouped by roughly equal token spend
     "vote n=8": {"generate": {"n": 8}, "select": VOTE},
+    "beam w=1 k=4, best path": {"generate": {"steps": {"method": "beam", "width": 1, "expansions": 4}}},
     "vote n=12": {"generate": {"n": 12}, "select": VOTE},
     "beam w=2 k=3, best path": {"generate": {"steps": {"method": "beam", "width": 2, "expansions": 3}}},
-    "beam w=2 k=3, best path (min)": {"generate": {"steps": {"method": "beam", "width": 2, "expansions": 3,
-                                                            "aggregate": "min"}}},
     "beam w=2 k=3, vote": {"generate": {"steps": {"method": "beam", "width": 2, "expansions": 3}}, "select": VOTE},
     "mcts 6 rollouts k=3, best": {"generate": {"steps": {"method": "mcts", "rollouts": 6, "expansions": 3}}},
-    "mcts 6 rollouts k=3, best (min)": {"generate": {"steps": {"method": "mcts", "rollouts": 6, "expansions": 3,
-                                                              "aggregate": "min"}}},
+    "vote n=22": {"generate": {"n": 22}, "select": VOTE},
+    "mcts 12 rollouts k=3 c=0.3, best": {"generate": {"steps": {"method": "mcts", "rollouts": 12,
+                                                               "expansions": 3, "c": 0.3}}},
 }
 ANSWER = re.compile(r"answer is (-?\d+)")
 
@@ -54,7 +54,7 @@ def routes() -> list[dict[str, Any]]:
     for i, cfg in enumerate(CONFIGS.values()):
         gen = {"model": "stepper", "temperature": 0.8, **cfg["generate"]}
         out.append({"name": f"r{i}", "match": {"model": f"r{i}"}, "generate": gen, "select": cfg.get("select", []),
-                    "limits": {"max_n": 16, "timeout_s": 60}})
+                    "limits": {"max_n": 32, "timeout_s": 60}})
     return out
 
 
