@@ -116,6 +116,8 @@ def parse_generate(raw: dict[str, Any], path: str, models: set[str]) -> Generate
     if not isinstance(params, dict):
         raise SpecError(f"{path}.params", "must be a mapping of OpenAI parameters, e.g. {response_format: ...}")
     steps = parse_steps(raw.get("steps"), f"{path}.steps")
+    if steps is not None and "n" in raw:
+        raise SpecError(f"{path}.n", "with steps, the search's width, expansions and rollouts set the compute")
     if steps is not None and (len(pool) > 1 or augment or adaptive is not None):
         raise SpecError(f"{path}.steps", "a search over steps continues one model's answer: it needs a single "
                         "`model`, no augment and no adaptive")

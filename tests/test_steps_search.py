@@ -117,6 +117,9 @@ def test_bad_steps_config_names_the_key(body, path, words):
 
 
 def test_steps_need_one_model_and_a_continuing_upstream():
+    with pytest.raises(SpecError, match="width, expansions") as err:
+        parse_generate({"model": "m", "n": 4, "steps": {}}, "g", {"m"})
+    assert err.value.path == "g.n"
     with pytest.raises(SpecError, match="single"):
         build_pipeline({"generate": {"models": [{"model": "m"}, {"model": "m"}], "steps": {}}}, "r", {"m"})
     route = {"name": "s", "match": {"model": "s"}, "generate": {"model": "sim", "steps": {"method": "beam"}}}
@@ -134,7 +137,10 @@ def stepper(make_proxy, fresh_sim):
     for m in models:
         if m["model_name"] == "stepper":
             m["model_info"] = {"mode": "completion"}
-    routes = [{"name": m, "match": {"model": m}, "select": [{"vote": {"extract": "number"}}],
+    models += sim_models(fresh_sim.url, chatstep="sim@step_signal=1@step_accuracy=0.7")[-1:]
+    chat = {"name": "chat", "match": {"model": "chat"},
+            "generate": {"model": "chatstep", "steps": {"method": "beam", "continuation": "chat"}}}
+    routes = [chat] + [{"name": m, "match": {"model": m}, "select": [{"vote": {"extract": "number"}}],
                "generate": {"model": "stepper", "temperature": 0.8,
                             "steps": {"method": m, "width": 2, "expansions": 3, "rollouts": 5}}}
               for m in ("beam", "mcts")]
@@ -174,3 +180,21 @@ def test_search_through_the_proxy_meters_every_expansion(stepper, method):
     assert text.startswith("Step 1:") and "The answer is" in text
     assert sits["search_steps"]["method"] == method
     assert usage["total_tokens"] == stepper.sim_stats()["total_tokens"] - before
+
+
+def test_chat_continuation_searches_step_by_step_and_the_client_stop_cuts_the_answer(stepper):
+    r = stepper.client.chat.completions.create(model="chat", messages=[{"role": "user", "content": Q7}], seed=1,
+                                               stop=["Step 3"])
+    ev = r.model_extra["its"]["search_steps"]
+    assert ev["depth"] == 4 and ev["calls"] > 4  # one call per step and beam, not one per chain
+    text = r.choices[0].message.content
+    assert text.startswith("Step 1: 7 + 5 = ") and "Step 3" not in text and text.count("\n") == 2
+
+
+def test_the_simulator_chat_honours_stop(sim):
+    with httpx.Client(base_url=sim.url, timeout=10) as http:
+        body = {"model": "sim@step_accuracy=1", "messages": [{"role": "user", "content": Q7}], "temperature": 0}
+        r = http.post("/v1/chat/completions", json={**body, "stop": "\n"})
+        assert r.json()["choices"][0]["message"]["content"] == "Step 1: 7 + 5 = 12"
+        bad = http.post("/v1/chat/completions", json={**body, "stop": 3})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "stop"

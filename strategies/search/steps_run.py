@@ -194,7 +194,7 @@ class StepSearch:
 
     def _sample(self, chain: Chain) -> Sample:
         path = chain.node.path()
-        text = "".join(n.text for n in path) + chain.tail
+        text = cut_at_stop("".join(n.text for n in path) + chain.tail, self.ctx.params.get("stop"))
         entries = [e for n in path for e in n.entries] + chain.tail_entries
         first = path[0] if path else None
         return Sample({"role": "assistant", "content": text}, "stop", self.model, chain.call_id,
@@ -208,6 +208,13 @@ class StepSearch:
         stopped = self.stopped or (f"{len(self.errors)} failed calls" if self.errors and not self.chains else None)
         return StepsEvidence(self.spec.method, self.calls, count_nodes(self.root), max_depth(self.root),
                              len(self.chains), scores, best.score if best else None, stopped, len(self.errors))
+
+
+def cut_at_stop(text: str, stop: Any) -> str:
+    """The client's own `stop` applies to the answer it gets (the search's calls use the delimiter)."""
+    stops = [stop] if isinstance(stop, str) else [s for s in stop or [] if isinstance(s, str) and s]
+    cuts = [text.find(s) for s in stops if s in text]
+    return text[:min(cuts)] if cuts else text
 
 
 async def search(ctx: RunContext, gen: GenerateSpec, spec: StepsSpec) -> tuple[list[Candidate], list[BaseException]]:
