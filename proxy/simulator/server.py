@@ -34,7 +34,9 @@ __all__ = ["SimState", "Stats", "create_app"]
 def _cut(choice: sim_model.Choice, stops: list[str]) -> sim_model.Choice:
     """`stop`: the reply is cut before the first stop string (what vLLM and OpenAI do)."""
     text = choice.message.get("content")
-    cuts = [text.find(s) for s in stops if s in text] if isinstance(text, str) else []
+    if not isinstance(text, str):
+        return choice
+    cuts = [text.find(s) for s in stops if s in text]
     if cuts:
         choice.message = {**choice.message, "content": text[:min(cuts)]}
     return choice
