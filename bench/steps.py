@@ -12,6 +12,7 @@ i.e. everything the simulator served, search calls included).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -42,6 +43,12 @@ CONFIGS: dict[str, dict[str, Any]] = {  # grouped by roughly equal token spend
     "beam w=2 k=3, best path": {"generate": {"steps": {"method": "beam", "width": 2, "expansions": 3}}},
     "beam w=2 k=3, vote": {"generate": {"steps": {"method": "beam", "width": 2, "expansions": 3}}, "select": VOTE},
     "mcts 6 rollouts k=3, best": {"generate": {"steps": {"method": "mcts", "rollouts": 6, "expansions": 3}}},
+    "beam w=1 k=4, PRM": {"generate": {"steps": {"method": "beam", "width": 1, "expansions": 4, "score": "reward",
+                                                 "reward": {"url": "{sim}/reward"}}}},
+    "beam w=2 k=3, PRM": {"generate": {"steps": {"method": "beam", "width": 2, "expansions": 3, "score": "reward",
+                                                 "reward": {"url": "{sim}/reward"}}}},
+    "mcts 6 rollouts k=3, PRM": {"generate": {"steps": {"method": "mcts", "rollouts": 6, "expansions": 3,
+                                                        "score": "reward", "reward": {"url": "{sim}/reward"}}}},
     "vote n=22": {"generate": {"n": 22}, "select": VOTE},
     "mcts 12 rollouts k=3 c=0.3, best": {"generate": {"steps": {"method": "mcts", "rollouts": 12,
                                                                "expansions": 3, "c": 0.3}}},
@@ -49,10 +56,11 @@ CONFIGS: dict[str, dict[str, Any]] = {  # grouped by roughly equal token spend
 ANSWER = re.compile(r"answer is (-?\d+)")
 
 
-def routes() -> list[dict[str, Any]]:
+def routes(sim_url: str) -> list[dict[str, Any]]:
     out = []
     for i, cfg in enumerate(CONFIGS.values()):
-        gen = {"model": "stepper", "temperature": 0.8, **cfg["generate"]}
+        gen = json.loads(json.dumps({"model": "stepper", "temperature": 0.8, **cfg["generate"]})
+                         .replace("{sim}", sim_url))
         out.append({"name": f"r{i}", "match": {"model": f"r{i}"}, "generate": gen, "select": cfg.get("select", []),
                     "limits": {"max_n": 32, "timeout_s": 60}})
     return out
@@ -70,7 +78,7 @@ def run_signal(signal: float, problems: list[tuple[str, int]]) -> list[tuple[str
         model = {"model_name": "stepper", "model_info": {"mode": "completion"},
                  "litellm_params": {"model": f"openai/sim@step_signal={signal}@step_accuracy={STEP_ACCURACY}",
                                     "api_base": f"{sim.url}/v1", "api_key": "none"}}
-        config = parse_config({"model_list": [model], "routes": routes(),
+        config = parse_config({"model_list": [model], "routes": routes(sim.url),
                                "server": {"max_upstream_concurrency": 256}})
         handle = serve_in_thread(embedded_config(create_app(config)))
         client = openai.OpenAI(base_url=handle.base_url, api_key="none", max_retries=0, timeout=120)

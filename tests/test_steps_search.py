@@ -93,6 +93,30 @@ def test_mcts_visits_the_confident_child_most_and_rolls_out_complete_chains():
     assert search3.candidates()[0].text == "s1 ok\ns2 ok\ns3 ok\nThe answer is 3."
 
 
+class PrmHttp:
+    """A process reward endpoint: 1 for a prefix with no bad step, else 0 (generic API)."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, list[str], str]] = []
+
+    async def post_json(self, url: str, body: dict, *, phase: str, model: str, headers=None, timeout: float) -> dict:
+        self.posts.append((url, body["candidates"], phase))
+        return {"scores": [0.0 if "bad" in t else 1.0 for t in body["candidates"]]}
+
+
+def test_a_process_reward_scores_every_prefix_and_steers_the_beam():
+    sampler, http = FakeSampler(world), PrmHttp()  # no logprobs at all: the PRM alone decides
+    steps = {"method": "beam", "width": 1, "expansions": 3, "score": "reward", "reward": {"url": "http://prm/r"}}
+    gen = parse_generate({"model": "m", "steps": steps}, "g", {"m"})
+    assert gen.steps.aggregate == "last" and gen.steps.reward.normalize == "logistic"
+    ctx = context(sampler, 1, messages=[{"role": "user", "content": "q"}], http=http)
+    search = StepSearch(ctx, gen, gen.steps)
+    asyncio.run(search.beam())
+    assert search.candidates()[0].text == "s1 ok\ns2 ok\ns3 ok\nThe answer is 3."
+    assert http.posts[0] == ("http://prm/r", ["s1 bad\n", "s1 bad\n", "s1 ok\n"], "reward")
+    assert http.posts[1][1][2] == "s1 ok\ns2 ok\n" and len(http.posts) == 4
+
+
 def test_a_spend_cap_stops_the_search_and_still_returns_a_chain():
     sampler = FakeSampler(world, logprobs=logprobs)
     gen = parse_generate({"model": "m", "steps": {"method": "beam", "width": 3}}, "g", {"m"})
@@ -109,6 +133,9 @@ def test_a_spend_cap_stops_the_search_and_still_returns_a_chain():
     ({"width": 0}, "g.steps.width", ">= 1"),
     ({"delimiter": None}, "g.steps", "max_step_tokens"),
     ({"bogus": 1}, "g.steps.bogus", "unknown key"),
+    ({"score": "reward"}, "g.steps.reward", "process reward endpoint"),
+    ({"score": "reward", "reward": {"url": "http://x", "normalize": "auto"}}, "g.steps.reward.normalize", "logistic"),
+    ({"reward": {"url": "http://x"}}, "g.steps.reward", "only applies"),
 ])
 def test_bad_steps_config_names_the_key(body, path, words):
     with pytest.raises(SpecError) as err:
@@ -140,7 +167,10 @@ def stepper(make_proxy, fresh_sim):
     models += sim_models(fresh_sim.url, chatstep="sim@step_signal=1@step_accuracy=0.7")[-1:]
     chat = {"name": "chat", "match": {"model": "chat"},
             "generate": {"model": "chatstep", "steps": {"method": "beam", "continuation": "chat"}}}
-    routes = [chat] + [{"name": m, "match": {"model": m}, "select": [{"vote": {"extract": "number"}}],
+    prm = {"name": "prm", "match": {"model": "prm"},
+           "generate": {"model": "stepper", "steps": {"method": "mcts", "rollouts": 4, "score": "reward",
+                                                      "reward": {"url": f"{fresh_sim.url}/reward"}}}}
+    routes = [chat, prm] + [{"name": m, "match": {"model": m}, "select": [{"vote": {"extract": "number"}}],
                "generate": {"model": "stepper", "temperature": 0.8,
                             "steps": {"method": m, "width": 2, "expansions": 3, "rollouts": 5}}}
               for m in ("beam", "mcts")]
@@ -198,3 +228,19 @@ def test_the_simulator_chat_honours_stop(sim):
         assert r.json()["choices"][0]["message"]["content"] == "Step 1: 7 + 5 = 12"
         bad = http.post("/v1/chat/completions", json={**body, "stop": 3})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "stop"
+
+
+def test_a_process_reward_through_the_proxy_is_metered_beside_the_search(stepper):
+    r = stepper.client.chat.completions.create(model="prm", messages=[{"role": "user", "content": Q7}], seed=3)
+    its = r.model_extra["its"]
+    assert set(its["usage"]["by_phase"]) == {"search", "reward"}
+    assert its["search_steps"]["method"] == "mcts" and its["search_steps"]["best_score"] is not None
+    assert "errors" not in its["search_steps"]
+
+
+def test_the_simulator_reward_is_a_process_reward_on_chains(sim):
+    cands = ["Step 1: 7 + 5 = 12\nStep 2: 12 * 3 = 36\n", "Step 1: 7 + 5 = 13\n",
+             "Step 1: 7 + 5 = 12\nStep 2: 12 * 3 = 36\nStep 3: 36 - 4 = 32\nThe answer is 32.",
+             "Step 1: 7 + 5 = 12\nStep 2: 12 * 3 = 36\nStep 3: 36 - 4 = 32\nThe answer is 31."]
+    r = httpx.post(f"{sim.url}/reward", json={"model": "sim@reward_noise=0", "prompt": Q7, "candidates": cands})
+    assert r.json()["scores"] == [1.0, 0.0, 1.0, 0.0]

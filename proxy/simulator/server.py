@@ -110,8 +110,11 @@ async def reward(request: Request) -> Response:
     if not isinstance(candidates, list):
         return error(st, model, "'candidates' must be a list of strings", "candidates")
     texts = [_candidate_text(c) for c in candidates]
-    question = verifier.prompt_question(body.get("prompt"))
     salt = body.get("seed")
+    chain = verifier.prompt_chain(body.get("prompt"))
+    if chain is not None:
+        return json_response({"scores": [verifier.chain_reward(cfg, chain, t, salt) for t in texts]})
+    question = verifier.prompt_question(body.get("prompt"))
     return json_response({"scores": [verifier.reward_score(cfg, question, t, salt) for t in texts]})
 
 

@@ -4,7 +4,9 @@ A node is a partial answer: its parent's text plus one step the model wrote (cut
 delimiter, by default a newline, or by a token budget). A step is scored by Marco-o1's
 `confidence`: the mean over its tokens of each token's probability renormalised over its
 top-5 alternatives (from the upstream's logprobs). A path's score aggregates its steps'
-(mean, Marco-o1's rule, or min: a chain is only as right as its weakest step).
+(mean, Marco-o1's rule, or min: a chain is only as right as its weakest step). With
+`score: reward` a process reward endpoint scores each prefix, and the path's score is
+its last prefix's (`aggregate: last`).
 
 Beam search keeps the `width` best partial paths per depth; MCTS selects by UCT, expands a
 node into `expansions` children, rolls one out to the end and backs the rollout's score up.
@@ -18,14 +20,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from itsproxy.strategies.stages.reward import RewardStage
 from itsproxy.strategies.types import SpecError
 
 METHODS = ("beam", "mcts")
-SCORERS = ("confidence",)  # judge / reward / check are refused at load until they exist
-AGGREGATES = ("mean", "min")
+SCORERS = ("confidence", "reward")  # judge / check are refused at load until they exist
+AGGREGATES = ("mean", "min", "last")
 CONTINUATIONS = ("completion", "chat")
 STEPS_KEYS = {"method", "width", "expansions", "max_depth", "rollouts", "c", "score", "delimiter",
-              "max_step_tokens", "final", "aggregate", "continuation", "top_logprobs"}
+              "max_step_tokens", "final", "aggregate", "continuation", "top_logprobs", "reward"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class StepsSpec:
     aggregate: str = "mean"  # path score from step scores
     continuation: str = "completion"  # completion-mode model, or chat with continue_final_message
     top_logprobs: int = 5
+    reward: RewardStage | None = None  # score: reward: the process reward endpoint (scores each prefix)
 
     @property
     def final_re(self) -> re.Pattern[str]:
@@ -74,7 +78,7 @@ def parse_steps(body: Any, path: str) -> StepsSpec | None:
             raise SpecError(f"{path}.{key}", f"unknown key (known: {', '.join(sorted(STEPS_KEYS))})")
     if "score" in body and body["score"] not in SCORERS:
         raise SpecError(f"{path}.score", f"{body['score']!r} is not supported; supported: {', '.join(SCORERS)} "
-                        "(judge, reward and check step scorers are not built yet)")
+                        "(judge and check step scorers are not built yet)")
     delimiter = body.get("delimiter", "\n")
     if delimiter is not None and (not isinstance(delimiter, str) or not delimiter):
         raise SpecError(f"{path}.delimiter", "must be a non-empty string or null (then max_step_tokens cuts steps)")
@@ -91,16 +95,38 @@ def parse_steps(body: Any, path: str) -> StepsSpec | None:
         re.compile(final)
     except (re.error, TypeError) as exc:
         raise SpecError(f"{path}.final", f"must be a regular expression: {exc}") from None
+    score = str(body.get("score", "confidence"))
+    reward = _reward(body, path, score)
     top = _int(body, "top_logprobs", path, 5)
     if top > 20:
         raise SpecError(f"{path}.top_logprobs", "must be at most 20 (OpenAI's limit)")
     return StepsSpec(method=_choice(body, "method", path, METHODS, "beam"),
                      width=_int(body, "width", path, 3), expansions=_int(body, "expansions", path, 3),
                      max_depth=_int(body, "max_depth", path, 8), rollouts=_int(body, "rollouts", path, 8),
-                     c=float(c), score="confidence", delimiter=delimiter, max_step_tokens=max_step, final=final,
-                     aggregate=_choice(body, "aggregate", path, AGGREGATES, "mean"),
+                     c=float(c), score=score, delimiter=delimiter, max_step_tokens=max_step, final=final,
+                     aggregate=_choice(body, "aggregate", path, AGGREGATES, "last" if reward else "mean"),
                      continuation=_choice(body, "continuation", path, CONTINUATIONS, "completion"),
-                     top_logprobs=top)
+                     top_logprobs=top, reward=reward)
+
+
+def _reward(body: dict[str, Any], path: str, score: str) -> RewardStage | None:
+    """`reward:` (the select stage's endpoint form) for `score: reward`: a PRM scoring each prefix.
+    Scores are normalised one way (logistic unless said) so batches compare."""
+    raw = body.get("reward")
+    if score != "reward":
+        if raw is not None:
+            raise SpecError(f"{path}.reward", "only applies with `score: reward`")
+        return None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}.reward", "score: reward needs `reward: {url, api?, model?, timeout_s?}` "
+                        "(a process reward endpoint)")
+    if "generative" in raw:
+        raise SpecError(f"{path}.reward.generative", "a step search scores prefixes with an endpoint, "
+                        "not a generative reward")
+    stage = RewardStage.build({"normalize": "logistic", **raw}, f"{path}.reward")
+    if stage.normalize == "auto":
+        raise SpecError(f"{path}.reward.normalize", "auto normalises each batch on its own; pick logistic or none")
+    return stage
 
 
 # ---------------------------------------------------------------- scores
@@ -147,6 +173,8 @@ def split_steps(entries: list[dict[str, Any]], delimiter: str | None) -> list[li
 def aggregate(scores: list[float], how: str) -> float:
     if not scores:
         return 0.0
+    if how == "last":
+        return scores[-1]
     return min(scores) if how == "min" else sum(scores) / len(scores)
 
 

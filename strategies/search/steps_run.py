@@ -104,6 +104,10 @@ class StepSearch:
             return []
         for s in samples:
             node.children.append(self._child(node, s))
+        if self.spec.reward is not None and node.children:
+            scores = await self._rewards(["".join(n.text for n in ch.path()) for ch in node.children])
+            for ch, score in zip(node.children, scores):
+                ch.score = score
         if not node.children:
             node.terminal = True
         return node.children
@@ -130,10 +134,23 @@ class StepSearch:
                 return None
             entries = list((sample.logprobs or {}).get("content") or [])
             scores = [v for part in split_steps(entries, self.spec.delimiter) if (v := confidence(part)) is not None]
+            if self.spec.reward is not None:
+                whole = "".join(n.text for n in node.path()) + sample.text
+                scores = [v for v in await self._rewards([whole]) if v is not None]
             chain = Chain(node, sample.text, scores, entries, sample.completion_tokens, sample.call_id)
         chain.score = path_score(node, self.spec.aggregate, chain.tail_scores)
         self.chains.append(chain)
         return chain
+
+    async def _rewards(self, texts: list[str]) -> list[float | None]:
+        """The process reward of each prefix (phase `reward`); None where the endpoint failed."""
+        assert self.spec.reward is not None
+        cands = [Candidate(index=i, sample=Sample({"role": "assistant", "content": t}, "stop", self.model, -1))
+                 for i, t in enumerate(texts)]
+        await self.spec.reward.apply(self.ctx, cands)
+        if any("reward" not in c.scores for c in cands):
+            self.errors.append(RuntimeError("; ".join(n for c in cands for n in c.notes) or "reward failed"))
+        return [c.scores.get("reward") for c in cands]
 
     def _cap(self) -> bool:
         cap = self.ctx.spend_cap_reached(self.candidates())
