@@ -16,6 +16,7 @@ from typing import Any
 
 from itsproxy.strategies.adaptive.rules import AdaptiveSpec, parse_adaptive
 from itsproxy.strategies.ports import Sampler
+from itsproxy.strategies.search.steps import StepsSpec, parse_steps
 from itsproxy.strategies.search.strings import SearchSpec, parse_search
 from itsproxy.strategies.types import Candidate, Sample, SpecError
 
@@ -39,6 +40,7 @@ class GenerateSpec:
     params: dict[str, Any] = field(default_factory=dict)  # OpenAI parameters the route forces (response_format ...)
     search: SearchSpec | None = None  # augment_search settings
     adaptive: AdaptiveSpec | None = None
+    steps: StepsSpec | None = None  # search over reasoning steps instead of whole samples
 
     @property
     def n(self) -> int:
@@ -46,7 +48,7 @@ class GenerateSpec:
 
 
 GENERATE_KEYS = {"model", "models", "n", "temperature", "max_tokens", "augment", "augment_as",
-                 "augment_search", "adaptive", "params"}
+                 "augment_search", "adaptive", "params", "steps"}
 
 
 def _positive_int(value: Any, path: str, default: int) -> int:
@@ -113,10 +115,16 @@ def parse_generate(raw: dict[str, Any], path: str, models: set[str]) -> Generate
     params = raw.get("params") or {}
     if not isinstance(params, dict):
         raise SpecError(f"{path}.params", "must be a mapping of OpenAI parameters, e.g. {response_format: ...}")
+    steps = parse_steps(raw.get("steps"), f"{path}.steps")
+    if steps is not None and "n" in raw:
+        raise SpecError(f"{path}.n", "with steps, the search's width, expansions and rollouts set the compute")
+    if steps is not None and (len(pool) > 1 or augment or adaptive is not None):
+        raise SpecError(f"{path}.steps", "a search over steps continues one model's answer: it needs a single "
+                        "`model`, no augment and no adaptive")
     return GenerateSpec(pool=pool, temperature=_temperature(raw.get("temperature"), f"{path}.temperature"),
                         max_tokens=max_tokens, augment=list(augment), augment_as=augment_as, params=dict(params),
                         search=parse_search(raw, path),
-                        adaptive=adaptive)
+                        adaptive=adaptive, steps=steps)
 
 
 def derive_seed(seed: int, *parts: Any) -> int:

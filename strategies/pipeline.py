@@ -16,6 +16,7 @@ from itsproxy.strategies.extract import Extractor, extract_answers
 from itsproxy.strategies.generate import GenerateSpec, draw, parse_generate
 from itsproxy.strategies.ports import Filter, Picker, RunContext, Scorer, Stage
 from itsproxy.strategies.repair import RepairSpec, backprompt, parse_repair
+from itsproxy.strategies.search import steps_run
 from itsproxy.strategies.search import strings_run as search_run
 from itsproxy.strategies.stages.check import CheckStage
 from itsproxy.strategies.stages.judge import JudgeStage
@@ -94,7 +95,7 @@ class Pipeline:
         pool = [c for c in candidates if c.verified] if hard else candidates
         if hard and not pool:
             if self.on_unverified == "error":
-                sel = Selection(None, candidates, self.strategy, verified=False, rounds=rounds)
+                sel = Selection(None, candidates, self.strategy, verified=False, rounds=rounds, steps=ctx.steps)
                 if self.generate.search is not None:
                     await search_run.learn(ctx, self.generate.search, sel)
                 raise Unverified(sel, _critiques(candidates))
@@ -104,6 +105,7 @@ class Pipeline:
             await search_run.learn(ctx, self.generate.search, selection)
         selection.rounds = rounds
         selection.stop = ctx.stop
+        selection.steps = ctx.steps
         if hard:
             selection.verified = bool(selection.winner and selection.winner.verified)
         return selection
@@ -168,6 +170,11 @@ class Pipeline:
             raise NotEnoughCandidates(len(batch), self.min_candidates, errors)
 
     async def _draw(self, ctx: RunContext, messages: list[dict[str, Any]], rnd: int, start: int) -> list[Candidate]:
+        if rnd == 0 and self.generate.steps is not None:
+            batch, errors = await steps_run.search(ctx, self.generate, self.generate.steps)
+            self._enough(batch, errors, 1)
+            self.extract(batch)
+            return batch
         n = ctx.n if rnd == 0 or not self.repair or not self.repair.n else self.repair.n
         counts = await self._plan_strings(ctx, n) if rnd == 0 else None
         batch, errors = await draw(ctx.sampler, self.generate, messages, ctx.params, n=n, start_index=start,

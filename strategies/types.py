@@ -151,6 +151,31 @@ class RepairRound:
 
 
 @dataclass
+class StepsEvidence:
+    """`its.search_steps`: what a search over reasoning steps did."""
+
+    method: str  # beam | mcts
+    calls: int  # sampler calls (expansions, rollouts, finishes)
+    nodes: int  # tree nodes, root included
+    depth: int  # deepest node
+    chains: int  # complete chains handed to the select stages
+    best_scores: list[float]  # the best chain's step scores, in order
+    best_score: float | None  # its path score
+    stopped: str | None = None  # a spend cap or failed calls ended the search early
+    errors: int = 0  # failed calls
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "calls": self.calls, "nodes": self.nodes, "depth": self.depth,
+                               "chains": self.chains, "best_scores": [round(s, 4) for s in self.best_scores],
+                               "best_score": None if self.best_score is None else round(self.best_score, 4)}
+        if self.stopped is not None:
+            out["stopped"] = self.stopped
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
+@dataclass
 class Selection:
     """What a route's pipeline decided."""
 
@@ -167,6 +192,7 @@ class Selection:
     search: dict[str, Any] | None = None  # the augmenting-string search's allocation (`its.search`)
     disagreements: int | None = None  # judge vs hard checks; None when no hard check ran
     fallback: dict[str, str] | None = None  # the selector had nothing to select on: what happened instead
+    steps: StepsEvidence | None = None  # the search over reasoning steps (`its.search_steps`)
 
     def extras(self) -> dict[str, Any]:
         """The stage evidence for the `its` block, as JSON (besides votes, agreement, verified)."""
@@ -177,6 +203,8 @@ class Selection:
             out["disagreements"] = self.disagreements
         if self.search is not None:
             out["search"] = self.search
+        if self.steps is not None:
+            out["search_steps"] = self.steps.as_dict()
         out["rounds"] = [r.as_dict() for r in self.rounds]
         if self.stop is not None:
             out["stop"] = self.stop.as_dict()

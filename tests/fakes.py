@@ -59,6 +59,7 @@ class FakeSampler:
     usd_per_token: float = 0.0
     spend: FakeSpend = field(default_factory=FakeSpend)
     calls: list[Call] = field(default_factory=list)
+    logprobs: Callable[[Call, str], dict[str, Any] | None] | None = None  # (call, reply) -> chat-shaped logprobs
 
     def _call(self, messages: list[dict[str, Any]], model: str, n: int, phase: str,
               params: dict[str, Any] | None) -> list[Sample]:
@@ -73,7 +74,9 @@ class FakeSampler:
         if self.spend.cost is not None:
             self.spend.cost += spent * self.usd_per_token
         return [Sample({"role": "assistant", "content": r}, "stop", model, len(self.calls) - 1,
-                       self.prompt_tokens, self.completion_tokens) for r in replies if isinstance(r, str)]
+                       self.prompt_tokens, self.completion_tokens,
+                       self.logprobs(call, r) if self.logprobs is not None else None)
+                for r in replies if isinstance(r, str)]
 
     async def sample(self, messages: list[dict[str, Any]], *, model: str, n: int = 1, phase: str = "generate",
                      params: dict[str, Any] | None = None) -> list[Sample]:

@@ -20,7 +20,7 @@ from itsproxy.proxy.config.budgets import BudgetConfig, parse_budgets
 from itsproxy.proxy.config.env import resolve_document
 from itsproxy.proxy.config.litellm import merge_server
 from itsproxy.proxy.config.model_list import ModelEntry, parse_model_list
-from itsproxy.proxy.config.routes import Route, parse_routes
+from itsproxy.proxy.config.routes import Route, check_continuation, parse_routes
 from itsproxy.proxy.config.server import RouterSettings, ServerConfig, parse_router, parse_server
 from itsproxy.proxy.config.simulator import SimulatorSettings, parse_simulator
 from itsproxy.proxy.config.traces import TraceSettings, parse_traces
@@ -78,6 +78,7 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
     models = parse_model_list(data.get("model_list"))
     routes = parse_routes(data.get("routes"), {n for n, m in models.items() if not m.is_wildcard})
     _check_reachable(models, routes)
+    check_continuation(routes, {n: m.mode for n, m in models.items() if not m.is_wildcard})
     server = merge_server(data.get("server"), data.get("general_settings"), data.get("litellm_settings"),
                           data.get("router_settings"))
     config = Config(

@@ -71,9 +71,9 @@ def _pipeline(raw: dict[str, Any], path: str, models: set[str]) -> Pipeline:
 def _limits(raw: dict[str, Any], path: str, pipeline: Pipeline) -> Limits:
     limits = mapping(raw.get("limits"), f"{path}.limits", LIMIT_KEYS)
     capped = limits.get("max_extra_tokens") is not None or limits.get("max_cost_usd") is not None
-    if capped and not (pipeline.generate.adaptive or pipeline.repair):
+    if capped and not (pipeline.generate.adaptive or pipeline.repair or pipeline.generate.steps):
         raise ConfigError(f"{path}.limits", "max_extra_tokens / max_cost_usd stop drawing between batches: "
-                          "they need generate.adaptive or repair (one batch cannot stop part-way)")
+                          "they need generate.adaptive, generate.steps or repair (one batch cannot stop part-way)")
     n = pipeline.generate.n
     return Limits(
         max_n=integer(limits.get("max_n"), f"{path}.limits.max_n", default=n, minimum=1) or n,
@@ -105,6 +105,24 @@ def parse_route(raw: Any, path: str, models: set[str]) -> Route:
         client_params=choice(raw.get("client_params"), f"{path}.client_params", ("override", "respect"),
                              default="override"),
     )
+
+
+def check_continuation(routes: list[Route], modes: dict[str, str]) -> None:
+    """A search over steps continues a partial answer: a completion-mode model does that with a raw
+    prompt, a chat model only when the route says it takes `continue_final_message` (vLLM)."""
+    for i, route in enumerate(routes):
+        steps = route.pipeline.generate.steps if route.pipeline else None
+        if steps is None:
+            continue
+        mode = modes.get(route.target, "chat")
+        want = "completion" if steps.continuation == "completion" else "chat"
+        if mode != want:
+            hint = ("give the model `model_info: {mode: completion}` (a raw-prompt /v1/completions upstream), or "
+                    "set `continuation: chat` if the upstream continues a final assistant message "
+                    "(vLLM's continue_final_message)") if want == "completion" else \
+                "`continuation: chat` needs a chat model; a completion-mode model continues with the default"
+            raise ConfigError(f"routes[{i}].generate.steps", f"cannot continue partial answers on "
+                              f"{route.target!r} (mode {mode}): {hint}")
 
 
 def parse_routes(raw: Any, models: set[str]) -> list[Route]:

@@ -78,7 +78,7 @@ def _serve(op: Opened) -> Response:
         raise BadParam("best_of", "best_of > n cannot be used with stream")
     max_tokens = _optional_int(body, "max_tokens", 0)
     logprobs = _optional_int(body, "logprobs", 0, MAX_LOGPROBS)
-    stops = _stops(body.get("stop"))
+    stops = stops_of(body.get("stop"))
     echo = body.get("echo", False)
     if not isinstance(echo, bool):
         raise BadParam("echo", "echo must be a boolean")
@@ -208,7 +208,8 @@ def _int_param(body: dict[str, Any], name: str, lo: int, hi: int, default: int) 
     return default if value is None else value
 
 
-def _stops(raw: Any) -> list[str]:
+def stops_of(raw: Any) -> list[str]:
+    """The `stop` parameter as a list (chat and completions read it alike)."""
     if raw is None:
         return []
     if isinstance(raw, str):

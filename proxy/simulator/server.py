@@ -21,7 +21,7 @@ from itsproxy.proxy.metering import tokens
 
 from . import faults, replies, verifier, wire
 from . import model as sim_model
-from .completions import completions
+from .completions import BadParam, completions, stops_of
 from .config import SimConfig
 from .embeddings import embeddings
 from .questions import content_text
@@ -29,6 +29,17 @@ from .replies import error, gate, json_response, read_json
 from .state import SimState, Stats
 
 __all__ = ["SimState", "Stats", "create_app"]
+
+
+def _cut(choice: sim_model.Choice, stops: list[str]) -> sim_model.Choice:
+    """`stop`: the reply is cut before the first stop string (what vLLM and OpenAI do)."""
+    text = choice.message.get("content")
+    if not isinstance(text, str):
+        return choice
+    cuts = [text.find(s) for s in stops if s in text]
+    if cuts:
+        choice.message = {**choice.message, "content": text[:min(cuts)]}
+    return choice
 
 
 async def chat_completions(request: Request) -> Response:
@@ -41,7 +52,11 @@ async def chat_completions(request: Request) -> Response:
     except (TypeError, ValueError) as exc:
         return error(st, model, str(exc), "messages", "invalid_value")
 
-    choices = sim_model.respond(cfg, view, op.n, st.stream_rng)
+    try:
+        stops = stops_of(body.get("stop"))
+    except BadParam as exc:
+        return error(st, model, str(exc), exc.param, "invalid_value")
+    choices = [_cut(c, stops) for c in sim_model.respond(cfg, view, op.n, st.stream_rng)]
     tools = body.get("tools")
     prompt_tokens = tokens.count_messages(view.messages, tools if isinstance(tools, list) else None)
     completion_tokens = sum(tokens.count_message(c.message) for c in choices)
@@ -95,8 +110,11 @@ async def reward(request: Request) -> Response:
     if not isinstance(candidates, list):
         return error(st, model, "'candidates' must be a list of strings", "candidates")
     texts = [_candidate_text(c) for c in candidates]
-    question = verifier.prompt_question(body.get("prompt"))
     salt = body.get("seed")
+    chain = verifier.prompt_chain(body.get("prompt"))
+    if chain is not None:
+        return json_response({"scores": [verifier.chain_reward(cfg, chain, t, salt) for t in texts]})
+    question = verifier.prompt_question(body.get("prompt"))
     return json_response({"scores": [verifier.reward_score(cfg, question, t, salt) for t in texts]})
 
 

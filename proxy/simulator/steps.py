@@ -161,3 +161,21 @@ def _assemble(lines: list[tuple[str, tuple[int, int, float] | None]], tail: str,
 
 def logprob_of(p: float) -> float:
     return math.log(min(max(p, 1e-4), 0.999))
+
+
+FINAL_RE = re.compile(r"\s*The answer is (-?\d+)\.?\s*")
+
+
+def sound_so_far(chain: Chain, text: str) -> bool:
+    """A process reward's truth: every whole step line of `text` applies the chain's next operation
+    to the value so far and computes it right, and a final line (if any) states that value."""
+    value, k = chain.start, 0
+    for line in text.split("\n"):
+        if (m := STEP_RE.fullmatch(line)) is not None:
+            a, sym, b, r = int(m.group(2)), m.group(3), int(m.group(4)), int(m.group(5))
+            if k >= len(chain.ops) or (sym, b) != chain.ops[k] or a != value or r != apply(a, sym, b):
+                return False
+            value, k = r, k + 1
+        elif (f := FINAL_RE.fullmatch(line)) is not None:
+            return k == len(chain.ops) and int(f.group(1)) == value
+    return True

@@ -12,6 +12,7 @@ question outside them. A candidate's value is the last number in its block.
 - judge_garbage: that share of verifier replies is unparseable.
 
 Reward model stand-in: score = 1[candidate's last number is the truth] + N(0, reward_noise).
+On a chain problem (step-wise mode) it is a process reward: 1[every step so far is right] + noise.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from .config import SimConfig
 from .questions import QUESTION_RE, Question, content_text, find_question, last_number, parse_question
+from .steps import Chain, find_chain, sound_so_far
 
 BLOCK_RE = re.compile(
     r"<answer(?:\s+id\s*=\s*[\"']?([^\"'>\s]*)[\"']?)?\s*>(.*?)</answer\s*>", re.DOTALL | re.IGNORECASE
@@ -113,6 +115,21 @@ def reward_score(cfg: SimConfig, question: Question | None, candidate: str, salt
     rng = random.Random(f"reward|{cfg.seed}|{salt}|{question}|{candidate}")
     noise = rng.gauss(0.0, cfg.reward_noise) if cfg.reward_noise else 0.0
     return round((1.0 if correct else 0.0) + noise, 6)
+
+
+def chain_reward(cfg: SimConfig, chain: Chain, candidate: str, salt: Any = None) -> float:
+    """A process reward on a (partial) chain: 1.0 if every step so far is right, plus seeded noise."""
+    rng = random.Random(f"reward|{cfg.seed}|{salt}|{chain}|{candidate}")
+    noise = rng.gauss(0.0, cfg.reward_noise) if cfg.reward_noise else 0.0
+    return round((1.0 if sound_so_far(chain, candidate) else 0.0) + noise, 6)
+
+
+def prompt_chain(prompt: Any) -> Chain | None:
+    """The chain problem of a /reward prompt (a string or chat messages), if it is one."""
+    if isinstance(prompt, list):
+        prompt = "\n".join(content_text(m.get("content")) for m in prompt if isinstance(m, dict))
+    found = find_chain(prompt) if isinstance(prompt, str) else None
+    return found[0] if found else None
 
 
 def probability_correct(score: float) -> float:

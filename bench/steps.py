@@ -1,0 +1,113 @@
+"""Search over reasoning steps vs plain voting, on the simulator's step-wise mode, through the proxy.
+
+    python -m bench.steps            # 50 chain problems, step_signal 1 and 0
+
+Each problem is a 4-operation chain ("Start at 7, add 5, ..."); each step is right with
+probability STEP_ACCURACY and errors propagate. With step_signal=1 a step's logprobs tell
+right from wrong; with 0 they say nothing. The PRM rows score prefixes with the simulator's
+/reward (a process reward on chain problems, independent of step_signal). Every route uses the same completion-mode model
+entry, the same problems and the same client seed per problem. Columns: accuracy (the
+returned answer equals the chain's result) and tokens/question (the responses' `usage`,
+i.e. everything the simulator served, search calls included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from itsproxy.proxy.upstream.litellm_loader import OFFLINE_ENV
+
+for _k, _v in OFFLINE_ENV.items():
+    os.environ.setdefault(_k, _v)
+
+import openai  # noqa: E402
+
+from itsproxy.proxy.config import parse_config  # noqa: E402
+from itsproxy.proxy.http.app import create_app  # noqa: E402
+from itsproxy.proxy.serving import embedded_config, serve_in_thread  # noqa: E402
+from itsproxy.proxy.simulator import SimConfig  # noqa: E402
+from itsproxy.proxy.simulator import serve_in_thread as serve_simulator  # noqa: E402
+from itsproxy.proxy.simulator.steps import chains  # noqa: E402
+
+PROBLEMS = 50
+STEP_ACCURACY = 0.8
+VOTE = [{"vote": {"extract": "number"}}]
+CONFIGS: dict[str, dict[str, Any]] = {  # grouped by roughly equal token spend
+    "vote n=8": {"generate": {"n": 8}, "select": VOTE},
+    "beam w=1 k=4, best path": {"generate": {"steps": {"method": "beam", "width": 1, "expansions": 4}}},
+    "vote n=12": {"generate": {"n": 12}, "select": VOTE},
+    "beam w=2 k=3, best path": {"generate": {"steps": {"method": "beam", "width": 2, "expansions": 3}}},
+    "beam w=2 k=3, vote": {"generate": {"steps": {"method": "beam", "width": 2, "expansions": 3}}, "select": VOTE},
+    "mcts 6 rollouts k=3, best": {"generate": {"steps": {"method": "mcts", "rollouts": 6, "expansions": 3}}},
+    "beam w=1 k=4, PRM": {"generate": {"steps": {"method": "beam", "width": 1, "expansions": 4, "score": "reward",
+                                                 "reward": {"url": "{sim}/reward"}}}},
+    "beam w=2 k=3, PRM": {"generate": {"steps": {"method": "beam", "width": 2, "expansions": 3, "score": "reward",
+                                                 "reward": {"url": "{sim}/reward"}}}},
+    "mcts 6 rollouts k=3, PRM": {"generate": {"steps": {"method": "mcts", "rollouts": 6, "expansions": 3,
+                                                        "score": "reward", "reward": {"url": "{sim}/reward"}}}},
+    "vote n=22": {"generate": {"n": 22}, "select": VOTE},
+    "mcts 12 rollouts k=3 c=0.3, best": {"generate": {"steps": {"method": "mcts", "rollouts": 12,
+                                                               "expansions": 3, "c": 0.3}}},
+}
+ANSWER = re.compile(r"answer is (-?\d+)")
+
+
+def routes(sim_url: str) -> list[dict[str, Any]]:
+    out = []
+    for i, cfg in enumerate(CONFIGS.values()):
+        gen = json.loads(json.dumps({"model": "stepper", "temperature": 0.8, **cfg["generate"]})
+                         .replace("{sim}", sim_url))
+        out.append({"name": f"r{i}", "match": {"model": f"r{i}"}, "generate": gen, "select": cfg.get("select", []),
+                    "limits": {"max_n": 32, "timeout_s": 60}})
+    return out
+
+
+def ask(client: openai.OpenAI, model: str, q: str, truth: int, seed: int) -> tuple[bool, int]:
+    r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}], seed=seed)
+    found = ANSWER.findall(r.choices[0].message.content or "")
+    return bool(found) and int(found[-1]) == truth, r.usage.total_tokens if r.usage else 0
+
+
+def run_signal(signal: float, problems: list[tuple[str, int]]) -> list[tuple[str, float, float]]:
+    rows = []
+    with serve_simulator(SimConfig(seed=14)) as sim:
+        model = {"model_name": "stepper", "model_info": {"mode": "completion"},
+                 "litellm_params": {"model": f"openai/sim@step_signal={signal}@step_accuracy={STEP_ACCURACY}",
+                                    "api_base": f"{sim.url}/v1", "api_key": "none"}}
+        config = parse_config({"model_list": [model], "routes": routes(sim.url),
+                               "server": {"max_upstream_concurrency": 256}})
+        handle = serve_in_thread(embedded_config(create_app(config)))
+        client = openai.OpenAI(base_url=handle.base_url, api_key="none", max_retries=0, timeout=120)
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                for i, label in enumerate(CONFIGS):
+                    route = f"r{i}"
+                    res = list(pool.map(lambda p, r=route: ask(client, r, p[1][0], p[1][1], p[0]),
+                                        enumerate(problems)))
+                    acc = sum(ok for ok, _ in res) / len(res)
+                    tok = sum(t for _, t in res) / len(res)
+                    rows.append((label, acc, tok))
+                    print(f"  signal {signal:g}  {label:32s} acc {acc:6.1%}  tokens/q {tok:6.0f}", file=sys.stderr)
+        finally:
+            client.close()
+            handle.stop()
+    return rows
+
+
+def main() -> None:
+    problems = chains(2026, PROBLEMS, steps=4)
+    table = {s: run_signal(s, problems) for s in (1.0, 0.0)}
+    print(f"\n{PROBLEMS} chain problems (4 steps, step_accuracy {STEP_ACCURACY}), simulator seed 14\n")
+    print("| route | acc (signal 1) | tokens/q | acc (signal 0) | tokens/q |")
+    print("|---|---|---|---|---|")
+    for (label, a1, t1), (_, a0, t0) in zip(table[1.0], table[0.0]):
+        print(f"| {label} | {a1:.0%} | {t1:.0f} | {a0:.0%} | {t0:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
