@@ -5,8 +5,8 @@
 Each problem is a 4-operation chain ("Start at 7, add 5, ..."); each step is right with
 probability STEP_ACCURACY and errors propagate. With step_signal=1 a step's logprobs tell
 right from wrong; with 0 they say nothing. The PRM rows score prefixes with the simulator's
-/reward (a process reward on chain problems, independent of step_signal). Every route uses the same completion-mode model
-entry, the same problems and the same client seed per problem. Columns: accuracy (the
+/reward (a process reward on chain problems, independent of step_signal). Every route uses
+the same completion-mode model entry, the same problems and the same client seed per problem. Columns: accuracy (the
 returned answer equals the chain's result) and tokens/question (the responses' `usage`,
 i.e. everything the simulator served, search calls included).
 """
