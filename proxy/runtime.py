@@ -10,7 +10,7 @@ from typing import Any
 
 from itsproxy.proxy.config import Config, Route
 from itsproxy.proxy.errors import ApiError
-from itsproxy.proxy.metering.budgets import build_budgets
+from itsproxy.proxy.metering.budgets import Reservation, build_budgets
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
 from itsproxy.proxy.outcome import Outcome
 from itsproxy.proxy.routing import Router
@@ -72,6 +72,10 @@ class Services:
         self._metrics.INFLIGHT.inc()  # until settled
         return ex
 
+    async def start(self) -> None:
+        if self.budgets is not None:
+            await self.budgets.verify()
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
         if self.trace_hook is not None:
@@ -102,11 +106,13 @@ class Exchange:
     outcome: Outcome | None = None
     error: ApiError | None = None
     settled: bool = False
+    reservation: Reservation | None = None  # tokens held in the key's budget until settled
 
-    async def admit(self, route: Route) -> None:
+    async def admit(self, route: Route, max_tokens: int) -> None:
+        """Route it and reserve its maximum (`max_tokens`, all candidates) in the key's budget."""
         self.route = route
         if self.services.budgets is not None:
-            await self.services.budgets.check(self.key)
+            self.reservation = await self.services.budgets.reserve(self.key, max_tokens)
 
     def fail(self, error: ApiError) -> None:
         self.status, self.error = error.status, error
@@ -121,8 +127,8 @@ class Exchange:
         s = self.services
         s._metrics.INFLIGHT.dec()
         s.observe(s.report(self), self.outcome)
-        if s.budgets is not None and self.route is not None:
+        if s.budgets is not None and self.reservation is not None:
             spent = self.ledger.total().total_tokens
             cost = sum(c.cost_usd or 0.0 for c in self.ledger.calls)  # priced calls count even if others are not
-            # Shielded: a client leaving must not cancel the charge for what was spent.
-            await asyncio.shield(asyncio.ensure_future(s.budgets.charge(self.key, spent, cost)))
+            # Shielded: a client leaving must not cancel the settlement of what was spent.
+            await asyncio.shield(asyncio.ensure_future(s.budgets.settle(self.reservation, spent, cost)))
