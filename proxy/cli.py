@@ -32,7 +32,8 @@ def is_loopback(host: str) -> bool:
 def _load(path: str | None) -> Config:
     try:
         config = load_config(path)
-        verify_budget_file(config.budgets, config.server.state_dir)
+        if config.server.state.backend == "sqlite":
+            verify_budget_file(config.budgets, config.server.state_dir)
         return config
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
@@ -71,7 +72,8 @@ def cmd_check_config(args) -> int:
     for path in args.paths:
         try:
             config = load_config(path)
-            verify_budget_file(config.budgets, config.server.state_dir)
+            if config.server.state.backend == "sqlite":
+                verify_budget_file(config.budgets, config.server.state_dir)
             print(summary(config))
         except ConfigError as exc:
             print(f"{path}: config error: {exc}", file=sys.stderr)

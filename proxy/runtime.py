@@ -14,6 +14,7 @@ from itsproxy.proxy.metering.budgets import Reservation, build_budgets
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
 from itsproxy.proxy.outcome import Outcome
 from itsproxy.proxy.routing import Router
+from itsproxy.proxy.storage.redis_state import RedisSearchStores, RedisState
 from itsproxy.proxy.storage.search_store import SearchStores
 from itsproxy.proxy.telemetry import metrics
 from itsproxy.proxy.telemetry.traces import build_trace_hook
@@ -34,9 +35,15 @@ class Services:
         self.trace_hook = build_trace_hook(config)
         if self.trace_hook is not None:
             self.hooks.append(self.trace_hook)
-        self.search_stores = SearchStores.from_config(config)  # augment_search state, opened lazily
+        state = config.server.state
+        timeout = config.budgets.state_timeout_s if config.budgets is not None else 0.5
+        self.redis = RedisState(state, timeout) if state.backend == "redis" else None
+        # augment_search state (opened lazily) and budgets: Redis when shared, else SQLite files
+        self.search_stores: SearchStores | RedisSearchStores = (
+            self.redis.search_stores() if self.redis is not None else SearchStores.from_config(config))
         self.budgets = build_budgets(config.budgets, config.server.state_dir,
-                                     auth_enabled=bool(config.server.api_keys))
+                                     auth_enabled=bool(config.server.api_keys),
+                                     store=self.redis.budget_store() if self.redis is not None else None)
 
     def report(self, ex: Exchange) -> RequestReport:
         route, ledger, outcome = ex.route, ex.ledger, ex.outcome
@@ -83,6 +90,8 @@ class Services:
         await self.search_stores.aclose()
         if self.budgets is not None:
             await self.budgets.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         for route in self.config.routes:  # checkers and reward stages hold clients
             for stage in route.pipeline.stages if route.pipeline else []:
                 await stage.aclose()
