@@ -10,6 +10,7 @@ import sqlite3
 
 import openai
 import pytest
+import yaml
 
 from itsproxy.proxy.cli import main
 from itsproxy.proxy.config import parse_config
@@ -72,7 +73,6 @@ def test_a_corrupt_budget_file_is_named_at_startup(sim, tmp_path, capsys) -> Non
     db.write_bytes(b"this is not a database, " * 200)
     cfg = _config(tmp_path, sim)
     path = tmp_path / "config.yaml"
-    import yaml
     path.write_text(yaml.safe_dump(cfg))
     assert main(["check-config", str(path), str(path)]) == 2
     err = capsys.readouterr().err

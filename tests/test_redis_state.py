@@ -17,7 +17,9 @@ import openai
 import pytest
 import redis
 
+from itsproxy.proxy.config import ConfigError, parse_config
 from itsproxy.proxy.metering.budgets import key_id
+from itsproxy.proxy.storage.redis_state import public_url
 from itsproxy.proxy.telemetry.metrics import REGISTRY
 from tests.conftest import sim_models
 
@@ -164,7 +166,6 @@ def test_redis_going_away_follows_the_policy_without_stalling(make_proxy, sim, r
     ({"backend": "redis", "url": "redis://x"}, {"tokens_per_day": 5, "path": "b.sqlite3"}, "budgets.path", "Redis"),
 ])
 def test_state_config_is_checked_whole_at_load(sim, state, budgets, where, why) -> None:
-    from itsproxy.proxy.config import ConfigError, parse_config
     cfg = {"model_list": sim_models(sim.url), "routes": [], "server": {"state": state}}
     if budgets:
         cfg["budgets"] = budgets
@@ -174,8 +175,6 @@ def test_state_config_is_checked_whole_at_load(sim, state, budgets, where, why) 
 
 
 def test_a_redis_password_is_a_secret(sim) -> None:
-    from itsproxy.proxy.config import parse_config
-    from itsproxy.proxy.storage.redis_state import public_url
     url = "redis://user:hunter2-redis@127.0.0.1:1/0"
     config = parse_config({"model_list": sim_models(sim.url), "routes": [],
                            "server": {"state": {"backend": "redis", "url": url}}})

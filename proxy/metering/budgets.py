@@ -6,6 +6,8 @@ A request reserves its maximum (see `request_maximum` in scaling.py: n x (max_to
 So however many requests run at once, a day's spend passes the limit by at most one
 request's maximum (plus what the estimate missed: judge/repair calls, a long prompt).
 Cost is checked (spent < limit) but not reserved: prices are known only after the call.
+A reservation whose settlement never lands (the process killed, the store down at that
+moment) stays counted for its day: the key loses headroom, it never gains any.
 
 A store that fails (corrupt, locked, unreachable) is given `state_timeout_s`; then the
 `on_state_error` policy answers (closed: 503, open: admit unmetered), one log line per
