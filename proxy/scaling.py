@@ -174,7 +174,9 @@ def request_maximum(call: Call, route: Route, completion_cap: int) -> int:
     p = call.params
     cap = p.get("max_tokens") or p.get("max_completion_tokens") or completion_cap
     prompt = json.dumps(call.messages if call.prompt is None else call.prompt, ensure_ascii=False)
-    n = min(candidates(call, route), route.limits.max_n)  # past max_n the request is refused anyway
+    n = candidates(call, route)
+    if not route.passthrough:
+        n = min(n, route.limits.max_n)  # past max_n a scaling route refuses the request anyway
     return n * (int(cap) + len(prompt) // 3 + 1)
 
 
