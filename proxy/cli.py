@@ -12,6 +12,7 @@ import tempfile
 
 from itsproxy.proxy.config import Config, ConfigError, load_config
 from itsproxy.proxy.config.simulator import SimulatorSettings
+from itsproxy.proxy.metering.budgets import StateError, verify_budget_file
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 # Event-loop watchdog: asyncio debug mode, logging every callback that holds the loop
@@ -30,9 +31,15 @@ def is_loopback(host: str) -> bool:
 
 def _load(path: str | None) -> Config:
     try:
-        return load_config(path)
+        config = load_config(path)
+        if config.server.state.backend == "sqlite":
+            verify_budget_file(config.budgets, config.server.state_dir)
+        return config
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except StateError as exc:
+        print(f"state error: budget store {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -64,9 +71,15 @@ def cmd_check_config(args) -> int:
     status = 0
     for path in args.paths:
         try:
-            print(summary(load_config(path)))
+            config = load_config(path)
+            if config.server.state.backend == "sqlite":
+                verify_budget_file(config.budgets, config.server.state_dir)
+            print(summary(config))
         except ConfigError as exc:
             print(f"{path}: config error: {exc}", file=sys.stderr)
+            status = 2
+        except StateError as exc:
+            print(f"{path}: state error: budget store {exc}", file=sys.stderr)
             status = 2
     return status
 

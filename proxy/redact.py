@@ -27,6 +27,7 @@ import base64
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from itsproxy.strategies.stages.check import CheckStage
 
@@ -114,6 +115,8 @@ def config_secrets(config: Config) -> list[str]:
     for model in config.models.values():
         out += model.secrets  # every deployment's
     out += config.server.api_keys
+    if config.server.state.url:  # a Redis password
+        out.append(urlsplit(config.server.state.url).password or "")
     for stage in check_stages(config):
         out += stage.secrets
     return [s for s in out if s]

@@ -10,10 +10,11 @@ from typing import Any
 
 from itsproxy.proxy.config import Config, Route
 from itsproxy.proxy.errors import ApiError
-from itsproxy.proxy.metering.budgets import build_budgets
+from itsproxy.proxy.metering.budgets import Reservation, build_budgets
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
 from itsproxy.proxy.outcome import Outcome
 from itsproxy.proxy.routing import Router
+from itsproxy.proxy.storage.redis_state import RedisSearchStores, RedisState
 from itsproxy.proxy.storage.search_store import SearchStores
 from itsproxy.proxy.telemetry import metrics
 from itsproxy.proxy.telemetry.traces import build_trace_hook
@@ -34,9 +35,15 @@ class Services:
         self.trace_hook = build_trace_hook(config)
         if self.trace_hook is not None:
             self.hooks.append(self.trace_hook)
-        self.search_stores = SearchStores.from_config(config)  # augment_search state, opened lazily
+        state = config.server.state
+        timeout = config.budgets.state_timeout_s if config.budgets is not None else 0.5
+        self.redis = RedisState(state, timeout) if state.backend == "redis" else None
+        # augment_search state (opened lazily) and budgets: Redis when shared, else SQLite files
+        self.search_stores: SearchStores | RedisSearchStores = (
+            self.redis.search_stores() if self.redis is not None else SearchStores.from_config(config))
         self.budgets = build_budgets(config.budgets, config.server.state_dir,
-                                     auth_enabled=bool(config.server.api_keys))
+                                     auth_enabled=bool(config.server.api_keys),
+                                     store=self.redis.budget_store() if self.redis is not None else None)
 
     def report(self, ex: Exchange) -> RequestReport:
         route, ledger, outcome = ex.route, ex.ledger, ex.outcome
@@ -72,6 +79,10 @@ class Services:
         self._metrics.INFLIGHT.inc()  # until settled
         return ex
 
+    async def start(self) -> None:
+        if self.budgets is not None:
+            await self.budgets.verify()
+
     async def aclose(self) -> None:
         await self.upstream.aclose()
         if self.trace_hook is not None:
@@ -79,6 +90,8 @@ class Services:
         await self.search_stores.aclose()
         if self.budgets is not None:
             await self.budgets.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         for route in self.config.routes:  # checkers and reward stages hold clients
             for stage in route.pipeline.stages if route.pipeline else []:
                 await stage.aclose()
@@ -102,11 +115,13 @@ class Exchange:
     outcome: Outcome | None = None
     error: ApiError | None = None
     settled: bool = False
+    reservation: Reservation | None = None  # tokens held in the key's budget until settled
 
-    async def admit(self, route: Route) -> None:
+    async def admit(self, route: Route, max_tokens: int) -> None:
+        """Route it and reserve its maximum (`max_tokens`, all candidates) in the key's budget."""
         self.route = route
         if self.services.budgets is not None:
-            await self.services.budgets.check(self.key)
+            self.reservation = await self.services.budgets.reserve(self.key, max_tokens)
 
     def fail(self, error: ApiError) -> None:
         self.status, self.error = error.status, error
@@ -121,8 +136,8 @@ class Exchange:
         s = self.services
         s._metrics.INFLIGHT.dec()
         s.observe(s.report(self), self.outcome)
-        if s.budgets is not None and self.route is not None:
+        if s.budgets is not None and self.reservation is not None:
             spent = self.ledger.total().total_tokens
             cost = sum(c.cost_usd or 0.0 for c in self.ledger.calls)  # priced calls count even if others are not
-            # Shielded: a client leaving must not cancel the charge for what was spent.
-            await asyncio.shield(asyncio.ensure_future(s.budgets.charge(self.key, spent, cost)))
+            # Shielded: a client leaving must not cancel the settlement of what was spent.
+            await asyncio.shield(asyncio.ensure_future(s.budgets.settle(self.reservation, spent, cost)))

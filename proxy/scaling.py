@@ -158,9 +158,35 @@ async def guarded(request: Request, work: Awaitable[T], deadline: float, route: 
     raise deadline_error(route)
 
 
+def candidates(call: Call, route: Route) -> int:
+    """How many candidates a request draws: the route's n (or its `its.n`), at least the client's n."""
+    if route.passthrough or route.pipeline is None:
+        return max(1, call.n or 1)
+    return max(call.its.get("n", route.pipeline.generate.n), call.n or 1)
+
+
+def request_maximum(call: Call, route: Route, completion_cap: int) -> int:
+    """The tokens a request may spend, reserved in its key's budget before it runs: per
+    candidate, the client's max_tokens (or `completion_cap`) plus the prompt estimated at
+    one token per 3 characters of its JSON (an overestimate: text runs ~4 characters a token,
+    and the JSON keys stand in for the per-message framing tokens). Judge, repair
+    and reward calls are not in it: they are settled after, like any spend."""
+    p = call.params
+    cap = p.get("max_tokens") or p.get("max_completion_tokens") or completion_cap
+    prompt = json.dumps(call.messages if call.prompt is None else call.prompt, ensure_ascii=False)
+    n = candidates(call, route)
+    if not route.passthrough:
+        n = min(n, route.limits.max_n)  # past max_n a scaling route refuses the request anyway
+    return n * (int(cap) + len(prompt) // 3 + 1)
+
+
 class Scaling:
     def __init__(self, services: Services) -> None:
         self.s = services
+
+    def _reserve_cap(self) -> int:
+        budgets = self.s.config.budgets
+        return budgets.reserve_completion_tokens if budgets is not None else 0
 
     async def handle(self, request: Request, surface: Surface) -> Response:
         ex = self.s.exchange(client_key(request.headers))
@@ -168,7 +194,7 @@ class Scaling:
         try:
             call = surface.parse(await read_json(request, self.s.config.server.max_body_bytes))
             route = self.s.router.resolve(call.model)
-            await ex.admit(route)
+            await ex.admit(route, request_maximum(call, route, self._reserve_cap()))
             deadline = asyncio.get_running_loop().time() + route.limits.timeout_s
             if call.stream:
                 response = await self._stream(request, surface, call, ex, deadline)
@@ -210,7 +236,7 @@ class Scaling:
     def _context(self, call: Call, route: Route, ledger: Ledger, deadline: float | None = None) -> RunContext:
         pipeline = route.pipeline
         assert pipeline is not None
-        n = max(call.its.get("n", pipeline.generate.n), call.n or 1)  # at least what the client compares
+        n = candidates(call, route)
         if n > route.limits.max_n:
             param = "its.n" if call.its.get("n") == n else "n"
             raise ApiError(400, f"n={n} is above this route's limit of {route.limits.max_n} candidates",

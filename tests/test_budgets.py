@@ -20,6 +20,7 @@ from itsproxy.proxy.metering.budgets import (
     Budgets,
     MemoryBudgetStore,
     SqliteBudgetStore,
+    StateError,
     build_budgets,
     key_id,
     parse_budgets,
@@ -201,3 +202,44 @@ def test_client_key_reads_headers_like_the_auth_middleware():
     assert client_key({"authorization": "Basic !!!"}) is None
     assert client_key({}) is None
     assert client_key({"authorization": "Bearer "}) is None
+
+
+class DownStore(MemoryBudgetStore):
+    """A store that cannot answer (as a locked file or a stopped Redis would)."""
+
+    async def reserve(self, key_id, day, tokens, limits):
+        raise StateError("budgets", "test: down")
+
+    settle = reserve
+
+
+@pytest.mark.asyncio
+async def test_reserve_holds_the_maximum_until_settled_and_says_why_it_refuses():
+    b = budgets({"tokens_per_day": 100})
+    first = await b.reserve("sk-a", 80)  # room: 0 < 100
+    second = await b.reserve("sk-a", 80)  # room: 80 < 100 (the bound: one request's maximum)
+    with pytest.raises(ApiError) as held:
+        await b.reserve("sk-a", 80)  # 160 reserved: in-flight requests hold the budget
+    assert (held.value.code, held.value.headers, held.value.retry) == ("budget_reserved", {"Retry-After": "2"}, True)
+    assert held.value.extra == {"budget": "tokens_per_day", "limit": 100, "spent": 0, "reserved": 160}
+    await b.settle(first, 30, None)
+    await b.settle(second, 30, None)
+    assert await b.store.spent(key_id("sk-a"), "2024-05-01") == (60, 0.0)
+    await b.settle(await b.reserve("sk-a", 80), 50, None)  # 60 < 100: admitted, spends 50
+    with pytest.raises(ApiError) as spent:
+        await b.reserve("sk-a", 1)
+    assert spent.value.code == "budget_exceeded" and "110 of 100 tokens" in spent.value.message
+
+
+@pytest.mark.asyncio
+async def test_a_store_that_cannot_answer_follows_on_state_error():
+    closed = budgets({"tokens_per_day": 100}, DownStore())
+    with pytest.raises(ApiError) as exc:
+        await closed.reserve("sk-a", 10)
+    assert (exc.value.status, exc.value.code) == (503, "state_unavailable")
+    opened = budgets({"tokens_per_day": 100, "on_state_error": "open"}, DownStore())
+    reservation = await opened.reserve("sk-a", 10)
+    assert reservation.tokens == 0
+    await opened.settle(reservation, 5, 0.1)  # the spend cannot be recorded: counted and logged, never raised
+    with pytest.raises(ConfigError, match="budgets.on_state_error"):
+        parse_budgets({"on_state_error": "maybe"})

@@ -109,7 +109,7 @@ CASES = [
          "litellm_settings.request_timeout", "> 0"),
     Case("router-strategy", cfg(router_settings={"routing_strategy": "latency-based-routing"}),
          "router_settings.routing_strategy", "simple-shuffle"),
-    Case("router-redis", cfg(router_settings={"redis_host": "localhost"}), "router_settings.redis_host", "in memory"),
+    Case("router-redis", cfg(router_settings={"redis_host": "localhost"}), "router_settings.redis_host", "server.state"),
     Case("traces-unknown-key", cfg(traces={"path": "t.jsonl", "colour": 1}), "traces.colour", "unknown key"),
     Case("top-level-unknown", cfg(enviroment_variables={}), "enviroment_variables", "unknown key"),
 ]

@@ -91,6 +91,8 @@ def parse_config(data: Any, source: str = "<memory>") -> Config:
         simulator=parse_simulator(data.get("simulator")),
         source=source,
     )
+    if config.server.state.backend == "redis" and config.budgets is not None and config.budgets.path:
+        raise ConfigError("budgets.path", "is the SQLite file; with server.state.backend redis budgets live in Redis")
     config.redactor = install(config)
     return config
 

@@ -9,6 +9,32 @@ from typing import Any
 from itsproxy.proxy.config_fields import ConfigError, boolean, choice, integer, mapping, number, seq, string
 
 
+@dataclass(frozen=True)
+class StateConfig:
+    """`server.state`: where state shared by replicas lives. sqlite (default): files under
+    `state_dir`, one machine. redis: budgets and search statistics in one Redis, any number
+    of replicas (storage/redis_state.py)."""
+
+    backend: str = "sqlite"
+    url: str | None = None  # redis://[:password@]host:port/db
+    key_prefix: str = "itsproxy:"
+
+
+def parse_state(raw: Any) -> StateConfig:
+    path = "server.state"
+    raw = mapping(raw, path, {"backend", "url", "key_prefix"})
+    backend = choice(raw.get("backend"), f"{path}.backend", ("sqlite", "redis"), default="sqlite")
+    url = string(raw.get("url"), f"{path}.url", required=False)
+    if backend == "redis" and not url:
+        raise ConfigError(f"{path}.url", "backend redis needs a url (redis://host:6379/0)")
+    if backend == "sqlite" and url:
+        raise ConfigError(f"{path}.url", "only for backend: redis (sqlite files live under server.state_dir)")
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{path}.url", "must start with redis://, rediss:// or unix://")
+    prefix = string(raw.get("key_prefix"), f"{path}.key_prefix", required=False)
+    return StateConfig(backend, url, StateConfig.key_prefix if prefix is None else prefix)
+
+
 @dataclass
 class ServerConfig:
     api_keys: list[str] = field(default_factory=list)
@@ -24,6 +50,7 @@ class ServerConfig:
     keepalive_s: float = 5.0
     upstream_client: str = "auto"  # auto: lean HTTP path for OpenAI-compatible bases; litellm: always litellm
     state_dir: str = ".itsproxy"
+    state: StateConfig = field(default_factory=StateConfig)
 
 
 SERVER_KEYS = set(ServerConfig.__dataclass_fields__)
@@ -56,6 +83,7 @@ def parse_server(raw: Any) -> ServerConfig:
         upstream_client=choice(raw.get("upstream_client"), "server.upstream_client", ("auto", "litellm"),
                                default="auto"),
         state_dir=string(raw.get("state_dir"), "server.state_dir", required=False) or d.state_dir,
+        state=parse_state(raw.get("state")),
     )
 
 
@@ -71,10 +99,12 @@ class RouterSettings:
 ROUTER_STRATEGIES = ("simple-shuffle",)
 # router_settings keys that belong to `server:` in itsproxy (same meaning), moved there by the loader.
 ROUTER_TO_SERVER = {"num_retries": "num_retries", "timeout": "upstream_timeout_s"}
+REDIS_ELSEWHERE = ("budgets and search statistics are shared through `server.state: {backend: redis, url: "
+                   "redis://...}`; rpm/tpm limits and cooldowns are kept per process")
 ROUTER_ELSEWHERE = {
-    "redis_host": "rpm/tpm limits and cooldowns are kept per process, in memory (no redis_* settings)",
-    "redis_port": "rpm/tpm limits and cooldowns are kept per process, in memory (no redis_* settings)",
-    "redis_password": "rpm/tpm limits and cooldowns are kept per process, in memory (no redis_* settings)",
+    "redis_host": REDIS_ELSEWHERE,
+    "redis_port": REDIS_ELSEWHERE,
+    "redis_password": REDIS_ELSEWHERE,
     "model_group_alias": "a route: `routes: [{match: {model: ALIAS}, generate: {model: NAME}, passthrough: true}]`",
     "fallbacks": "deployments of one model_name fail over to each other; "
                  "another model is a route's `generate.models` pool",

@@ -87,6 +87,7 @@ def create_app(config: Config) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         try:
+            await services.start()  # a corrupt state file fails startup here, named
             yield
         finally:
             await services.aclose()

@@ -1,4 +1,17 @@
-"""Per API key daily budgets (tokens and USD), checked before a request and charged after.
+"""Per API key daily budgets (tokens and USD): reserve before a request, settle after.
+
+A request reserves its maximum (see `request_maximum` in scaling.py: n x (max_tokens or
+`reserve_completion_tokens`) + a prompt estimate) while the key still has headroom
+(spent + reserved < limit); settling swaps the reservation for what the ledger metered.
+So however many requests run at once, a day's spend passes the limit by at most one
+request's maximum (plus what the estimate missed: judge/repair calls, a long prompt).
+Cost is checked (spent < limit) but not reserved: prices are known only after the call.
+A reservation whose settlement never lands (the process killed, the store down at that
+moment) stays counted for its day: the key loses headroom, it never gains any.
+
+A store that fails (corrupt, locked, unreachable) is given `state_timeout_s`; then the
+`on_state_error` policy answers (closed: 503, open: admit unmetered), one log line per
+outage, `its_state_errors_total{store}`, and the store is left alone for a few seconds.
 
 The `budgets:` section is parsed at load (config/budgets.py). Keys are stored as a
 SHA-256 prefix, never in clear. Days are UTC dates. Without auth (no server.api_keys)
@@ -8,109 +21,44 @@ buy a fresh budget.
 
 from __future__ import annotations
 
-import abc
 import asyncio
+import logging
 import os
-import sqlite3
-import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TypeVar
 
 from itsproxy.proxy.config.budgets import BudgetConfig, BudgetLimits, key_id, parse_budgets
 from itsproxy.proxy.errors import ApiError
+from itsproxy.proxy.metering.budget_stores import (
+    NANO,
+    BudgetStore,
+    Limits,
+    MemoryBudgetStore,
+    SqliteBudgetStore,
+    StateError,
+    Usage,
+)
+from itsproxy.proxy.telemetry.metrics import STATE_ERRORS
 
 __all__ = ["ANONYMOUS", "BudgetConfig", "BudgetLimits", "BudgetStore", "Budgets", "MemoryBudgetStore",
-           "SqliteBudgetStore", "build_budgets", "key_id", "parse_budgets"]
+           "Reservation", "SqliteBudgetStore", "StateError", "build_budgets", "key_id", "parse_budgets"]
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 ANONYMOUS = "anonymous"
-NANO = 1_000_000_000  # cost is stored in integer nano-USD so concurrent sums stay exact
+DOWN_FOR_S = 2.0  # after a state error, the policy answers alone this long before the store is tried again
+TIMEOUT_MARGIN_S = 0.25
+INFLIGHT_RETRY_S = 2  # Retry-After when in-flight reservations (not spend) fill the budget
 
 
-class BudgetStore(abc.ABC):
-    """Spend per (key id, UTC day). Small on purpose: a Redis store comes later."""
-
-    @abc.abstractmethod
-    async def spent(self, key_id: str, day: str) -> tuple[int, float]: ...
-
-    @abc.abstractmethod
-    async def add(self, key_id: str, day: str, tokens: int, cost_usd: float) -> None: ...
-
-    async def aclose(self) -> None:
-        return None
-
-
-class MemoryBudgetStore(BudgetStore):
-    """For tests and single-process demos; forgets everything on restart."""
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, str], tuple[int, int]] = {}
-
-    async def spent(self, key_id: str, day: str) -> tuple[int, float]:
-        tokens, nano = self.rows.get((key_id, day), (0, 0))
-        return tokens, nano / NANO
-
-    async def add(self, key_id: str, day: str, tokens: int, cost_usd: float) -> None:
-        t, n = self.rows.get((key_id, day), (0, 0))
-        self.rows[(key_id, day)] = (t + tokens, n + round(cost_usd * NANO))
-
-
-SCHEMA = """CREATE TABLE IF NOT EXISTS spend (
-    key_id TEXT NOT NULL, day TEXT NOT NULL,
-    tokens INTEGER NOT NULL DEFAULT 0, cost_nusd INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (key_id, day))"""
-UPSERT = """INSERT INTO spend (key_id, day, tokens, cost_nusd) VALUES (?, ?, ?, ?)
-    ON CONFLICT (key_id, day) DO UPDATE SET tokens = tokens + excluded.tokens,
-    cost_nusd = cost_nusd + excluded.cost_nusd"""
-
-
-class SqliteBudgetStore(BudgetStore):
-    """One connection, guarded by a lock, used only from worker threads (never the
-    event loop). WAL + busy timeout let several worker processes share the file;
-    the upsert adds in SQL, so concurrent charges never lose an update."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            if self._closed:
-                raise RuntimeError("budget store is closed")
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = 10000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(SCHEMA)
-            self._conn = conn
-        return self._conn
-
-    def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        with self._lock:
-            return fn(self._connect())
-
-    async def spent(self, key_id: str, day: str) -> tuple[int, float]:
-        def q(conn: sqlite3.Connection) -> tuple[int, float]:
-            row = conn.execute("SELECT tokens, cost_nusd FROM spend WHERE key_id = ? AND day = ?",
-                               (key_id, day)).fetchone()
-            return (row[0], row[1] / NANO) if row else (0, 0.0)
-        return await asyncio.to_thread(self._run, q)
-
-    async def add(self, key_id: str, day: str, tokens: int, cost_usd: float) -> None:
-        args = (key_id, day, int(tokens), round(cost_usd * NANO))
-        await asyncio.to_thread(self._run, lambda conn: conn.execute(UPSERT, args))
-
-    async def aclose(self) -> None:
-        def close() -> None:
-            with self._lock:
-                self._closed = True
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-        await asyncio.to_thread(close)
+@dataclass
+class Reservation:
+    key_id: str
+    day: str
+    tokens: int  # held in the store; 0 when nothing was reserved (no limit, or the store was down)
 
 
 def _utcnow() -> datetime:
@@ -127,12 +75,14 @@ def _duration(seconds: int) -> str:
     return f"{h}h {m:02d}m" if h else f"{m}m"
 
 
+
 class Budgets:
-    """The service: `check` before spending anything, `charge` once the request's ledger is final."""
+    """The service: `reserve` before spending anything, `settle` once the request's ledger is final."""
 
     def __init__(self, config: BudgetConfig, store: BudgetStore, *, auth_enabled: bool,
                  now: Callable[[], datetime] = _utcnow) -> None:
         self.config, self.store, self.auth_enabled, self.now = config, store, auth_enabled, now
+        self._down_until = 0.0  # monotonic; while in the future the store is not asked
 
     def key_id(self, key: str | None) -> str:
         return key_id(key) if (self.auth_enabled and key) else ANONYMOUS
@@ -144,19 +94,85 @@ class Budgets:
         now = self.now().astimezone(UTC)
         return now.date().isoformat(), now
 
+    async def _ask(self, op: Callable[[], Awaitable[T]]) -> T:
+        """One store operation within the state timeout; StateError when it cannot answer."""
+        if time.monotonic() < self._down_until:
+            STATE_ERRORS.labels(self.store.name).inc()
+            raise StateError(self.store.name, "down (recent error)")
+        try:
+            # A little past the store's own timeout, so its clearer error (e.g. "database is locked") wins.
+            result = await asyncio.wait_for(op(), self.config.state_timeout_s + TIMEOUT_MARGIN_S)
+        except (StateError, TimeoutError) as exc:
+            STATE_ERRORS.labels(self.store.name).inc()
+            why = str(exc) or f"{self.store.where}: no answer within {self.config.state_timeout_s:g}s"
+            if self._down_until == 0.0:  # one line per outage, not one per request
+                log.error("%s store failed (%s); applying on_state_error=%s until it answers",
+                          self.store.name, why, self.config.on_state_error)
+            self._down_until = time.monotonic() + DOWN_FOR_S
+            raise StateError(self.store.name, why) from None
+        if self._down_until:
+            log.warning("%s store answers again", self.store.name)
+            self._down_until = 0.0
+        return result
+
+    def _unavailable(self, exc: StateError) -> ApiError:
+        return ApiError(503, "budget state is unavailable, so this request cannot be metered against its "
+                        "budget (on_state_error: closed); retry shortly", code="state_unavailable", retry=True,
+                        headers={"Retry-After": str(int(DOWN_FOR_S))})
+
+    async def reserve(self, key: str | None, max_tokens: int) -> Reservation:
+        """Hold `max_tokens` for this request, or raise 429 (budget used) / 503 (state down, closed)."""
+        limits, kid = self.limits(key), self.key_id(key)
+        day, now = self._day()
+        if limits.tokens_per_day is None and limits.cost_usd_per_day is None:
+            return Reservation(kid, day, 0)
+        store_limits = Limits(limits.tokens_per_day, None if limits.cost_usd_per_day is None
+                              else round(limits.cost_usd_per_day * NANO))
+        tokens = max(0, int(max_tokens))
+        try:
+            granted, usage = await self._ask(lambda: self.store.reserve(kid, day, tokens, store_limits))
+        except StateError as exc:
+            if self.config.on_state_error == "open":
+                return Reservation(kid, day, 0)
+            raise self._unavailable(exc) from None
+        if not granted:
+            raise self._refusal(limits, usage, now)
+        return Reservation(kid, day, tokens)
+
     async def check(self, key: str | None) -> None:
-        """Raise 429 budget_exceeded once today's spend has reached a limit."""
+        """Raise 429 budget_exceeded once today's spend (and reservations) has reached a limit."""
         limits = self.limits(key)
         if limits.tokens_per_day is None and limits.cost_usd_per_day is None:
             return
         day, now = self._day()
-        tokens, cost = await self.store.spent(self.key_id(key), day)
-        if limits.tokens_per_day is not None and tokens >= limits.tokens_per_day:
-            raise self._exceeded("tokens_per_day", f"{tokens:,} of {limits.tokens_per_day:,} tokens",
-                                 limits.tokens_per_day, tokens, now)
+        kid = self.key_id(key)
+        try:
+            usage = await self._ask(lambda: self.store.usage(kid, day))
+        except StateError as exc:
+            if self.config.on_state_error == "open":
+                return
+            raise self._unavailable(exc) from None
+        store_limits = Limits(limits.tokens_per_day, None if limits.cost_usd_per_day is None
+                              else round(limits.cost_usd_per_day * NANO))
+        if not store_limits.has_room(usage):
+            raise self._refusal(limits, usage, now)
+
+    def _refusal(self, limits: BudgetLimits, u: Usage, now: datetime) -> ApiError:
+        cost = u.nano_usd / NANO
         if limits.cost_usd_per_day is not None and cost >= limits.cost_usd_per_day:
-            raise self._exceeded("cost_usd_per_day", f"${cost:.4f} of ${limits.cost_usd_per_day:.2f}",
-                                 limits.cost_usd_per_day, round(cost, 6), now)
+            return self._exceeded("cost_usd_per_day", f"${cost:.4f} of ${limits.cost_usd_per_day:.2f}",
+                                  limits.cost_usd_per_day, round(cost, 6), now)
+        assert limits.tokens_per_day is not None
+        if u.spent_tokens >= limits.tokens_per_day:
+            return self._exceeded("tokens_per_day", f"{u.spent_tokens:,} of {limits.tokens_per_day:,} tokens",
+                                  limits.tokens_per_day, u.spent_tokens, now)
+        # Spend is under the limit, requests in flight hold the rest: free again when they finish.
+        msg = (f"Daily token budget of this API key is held by requests in flight: {u.spent_tokens:,} spent and "
+               f"{u.reserved:,} reserved of {limits.tokens_per_day:,} tokens. Retry when they finish.")
+        return ApiError(429, msg, code="budget_reserved", retry=True,
+                        headers={"Retry-After": str(INFLIGHT_RETRY_S)},
+                        extra={"budget": "tokens_per_day", "limit": limits.tokens_per_day,
+                               "spent": u.spent_tokens, "reserved": u.reserved})
 
     def _exceeded(self, budget: str, used: str, limit: float, spent: float, now: datetime) -> ApiError:
         wait = _until_midnight(now)
@@ -168,20 +184,49 @@ class Budgets:
                         extra={"budget": budget, "limit": limit, "spent": spent,
                                "resets_at": resets.isoformat().replace("+00:00", "Z")})
 
-    async def charge(self, key: str | None, tokens: int, cost_usd: float | None) -> None:
-        """Add a finished request's spend. An unknown cost (None) adds 0 USD: only tokens count."""
-        if tokens <= 0 and not cost_usd:
+    async def settle(self, reservation: Reservation, tokens: int, cost_usd: float | None) -> None:
+        """Swap the reservation for what was spent (in the reservation's day). Never raises: a store
+        that cannot take it is counted and logged (once per outage); the spend is lost."""
+        if reservation.tokens == 0 and tokens <= 0 and not cost_usd:
             return
+        r = reservation
+        nano = round(float(cost_usd or 0.0) * NANO)
+        try:
+            await self._ask(lambda: self.store.settle(r.key_id, r.day, r.tokens, int(tokens), nano))
+        except StateError:
+            pass
+
+    async def charge(self, key: str | None, tokens: int, cost_usd: float | None) -> None:
+        """Add spend that had no reservation. An unknown cost (None) adds 0 USD: only tokens count."""
         day, _ = self._day()
-        await self.store.add(self.key_id(key), day, int(tokens), float(cost_usd or 0.0))
+        await self.settle(Reservation(self.key_id(key), day, 0), tokens, cost_usd)
+
+    async def verify(self) -> None:
+        await self.store.verify()
 
     async def aclose(self) -> None:
         await self.store.aclose()
 
 
-def build_budgets(config: BudgetConfig | None, state_dir: str, *, auth_enabled: bool) -> Budgets | None:
+def budget_store(config: BudgetConfig, state_dir: str) -> SqliteBudgetStore:
+    path = config.path or os.path.join(state_dir, "budgets.sqlite3")
+    return SqliteBudgetStore(path, config.state_timeout_s)
+
+
+def build_budgets(config: BudgetConfig | None, state_dir: str, *, auth_enabled: bool,
+                  store: BudgetStore | None = None) -> Budgets | None:
     """The service for `Config.budgets`: None when no budgets are configured."""
     if config is None:
         return None
-    path = config.path or os.path.join(state_dir, "budgets.sqlite3")
-    return Budgets(config, SqliteBudgetStore(path), auth_enabled=auth_enabled)
+    return Budgets(config, store or budget_store(config, state_dir), auth_enabled=auth_enabled)
+
+
+def verify_budget_file(config: BudgetConfig | None, state_dir: str) -> None:
+    """At startup (serve, check-config): raise StateError naming the file if it is not a usable database."""
+    if config is None:
+        return
+    store = budget_store(config, state_dir)
+    try:
+        store.verify_now()
+    finally:
+        store.close_now()

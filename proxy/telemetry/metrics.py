@@ -79,6 +79,9 @@ INFLIGHT = Gauge(
 CANDIDATES_SAVED = Counter(
     "its_candidates_saved_total", "Candidates not drawn thanks to adaptive stopping.",
     ["route"], registry=REGISTRY)
+STATE_ERRORS = Counter(
+    "its_state_errors_total", "Shared-state operations that failed or were skipped while a store was down "
+    "(the on_state_error policy answered instead).", ["store"], registry=REGISTRY)
 TOKENS_SAVED = Counter(
     "its_tokens_saved_estimate_total", "Estimated tokens not spent thanks to adaptive stopping.",
     ["route"], registry=REGISTRY)

@@ -1,0 +1,185 @@
+"""Shared state on Redis (`server.state: {backend: redis, url: redis://...}`), so several
+proxy replicas grant one budget and learn one set of search statistics.
+
+Behind the same interfaces as the embedded SQLite stores:
+- budgets: one hash per (UTC day, key id) with `tokens` (spent + reserved), `nano`
+  (cost spent, nano-USD) and `reserved`; `reserve` is one Lua script (check and add
+  cannot interleave across replicas), `settle` one MULTI. Each hash expires two days
+  after its last write, so old days clean themselves up.
+- search statistics: one hash per (store, route) with `<arm>:<text hash>:pulls|reward`
+  fields, added with HINCRBY / HINCRBYFLOAT.
+
+Every call has the state timeout as its socket timeout; a Redis error or timeout is a
+`StateError`, and the callers apply their policy (budgets: `on_state_error`; search:
+the request proceeds on what is known). Keys start with `server.state.key_prefix`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from itsproxy.proxy.config.server import StateConfig
+from itsproxy.proxy.metering.budget_stores import BudgetStore, Limits, StateError, Usage
+from itsproxy.proxy.storage.search_store import AUGMENT_PULLS, AUGMENT_REWARD
+from itsproxy.proxy.telemetry.metrics import STATE_ERRORS
+from itsproxy.strategies.search.strings import ArmStats, arm_hash
+
+T = TypeVar("T")
+DAY_TTL_S = 2 * 86400  # a day's budget hash outlives its day by one more, then expires
+
+RESERVE = """
+local t = tonumber(redis.call('HGET', KEYS[1], 'tokens') or '0')
+local n = tonumber(redis.call('HGET', KEYS[1], 'nano') or '0')
+local r = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local lt, ln = tonumber(ARGV[2]), tonumber(ARGV[3])
+if (lt >= 0 and t >= lt) or (ln >= 0 and n >= ln) then
+  return {0, t, n, r}
+end
+redis.call('HINCRBY', KEYS[1], 'tokens', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'reserved', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {1, t + tonumber(ARGV[1]), n, r + tonumber(ARGV[1])}
+"""
+
+
+def public_url(url: str) -> str:
+    """The URL without its password, for log lines and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisState:
+    """One client (a connection pool) shared by every store of a proxy process."""
+
+    def __init__(self, config: StateConfig, timeout_s: float = 0.5) -> None:
+        assert config.url is not None, "parse_state requires a url for redis"
+        self.url, self.prefix = public_url(config.url), config.key_prefix
+        self.client = aioredis.Redis.from_url(config.url, socket_timeout=timeout_s,
+                                              socket_connect_timeout=timeout_s, decode_responses=True)
+        self._reserve = self.client.register_script(RESERVE)
+
+    async def call(self, store: str, op: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await op()
+        except (RedisError, OSError) as exc:
+            raise StateError(store, f"{self.url}: {type(exc).__name__}: {exc}") from exc
+
+    def budget_store(self) -> RedisBudgetStore:
+        return RedisBudgetStore(self)
+
+    def search_stores(self) -> RedisSearchStores:
+        return RedisSearchStores(self)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class RedisBudgetStore(BudgetStore):
+    def __init__(self, state: RedisState) -> None:
+        self.state, self.where = state, state.url
+
+    def _key(self, key_id: str, day: str) -> str:
+        return f"{self.state.prefix}budget:{day}:{key_id}"
+
+    async def usage(self, key_id: str, day: str) -> Usage:
+        key = self._key(key_id, day)
+        t, n, r = await self.state.call(self.name, lambda: self.state.client.hmget(key, "tokens", "nano", "reserved"))
+        return Usage(int(t or 0), int(n or 0), int(r or 0))
+
+    async def reserve(self, key_id: str, day: str, tokens: int, limits: Limits) -> tuple[bool, Usage]:
+        args = [tokens, -1 if limits.tokens is None else limits.tokens,
+                -1 if limits.nano_usd is None else limits.nano_usd, DAY_TTL_S]
+        key = self._key(key_id, day)
+        ok, t, n, r = await self.state.call(self.name, lambda: self.state._reserve(keys=[key], args=args))
+        return bool(ok), Usage(int(t), int(n), int(r))
+
+    async def settle(self, key_id: str, day: str, reserved: int, tokens: int, nano_usd: int) -> None:
+        key = self._key(key_id, day)
+
+        async def tx() -> None:
+            async with self.state.client.pipeline(transaction=True) as pipe:
+                pipe.hincrby(key, "tokens", tokens - reserved)
+                pipe.hincrby(key, "reserved", -reserved)
+                pipe.hincrby(key, "nano", nano_usd)
+                pipe.expire(key, DAY_TTL_S)
+                await pipe.execute()
+        await self.state.call(self.name, tx)
+
+
+class RedisSearchStore:
+    """The augmenting-string statistics of one store name (a route's `augment_search.path`,
+    or the default), shared by every replica."""
+
+    def __init__(self, state: RedisState, name: str) -> None:
+        self.state, self.name = state, name
+        self._seq = itertools.count()
+
+    @property
+    def path(self) -> str:
+        return f"{self.state.url} ({self.name})"
+
+    def next_seed(self) -> int:
+        return next(self._seq)
+
+    def _key(self, route: str) -> str:
+        return f"{self.state.prefix}search:{self.name}:{route}"
+
+    async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await self.state.call("search", op)
+        except StateError:
+            STATE_ERRORS.labels("search").inc()
+            raise
+
+    async def load(self, route: str, arms: list[str]) -> list[ArmStats]:
+        key = self._key(route)
+        found = await self._call(lambda: self.state.client.hgetall(key))
+        out = []
+        for i, text in enumerate(arms):
+            field = f"{i}:{arm_hash(text)}"  # stale fields (edited strings) are never read
+            out.append(ArmStats(i, text, int(found.get(f"{field}:pulls", 0)), float(found.get(f"{field}:reward", 0.0))))
+        return out
+
+    async def record(self, route: str, arms: list[str], updates: dict[int, tuple[int, float]]) -> None:
+        rows = [(f"{i}:{arm_hash(arms[i])}", int(p), float(r)) for i, (p, r) in sorted(updates.items())
+                if 0 <= i < len(arms) and p > 0]
+        if not rows:
+            return
+        key = self._key(route)
+
+        async def tx() -> None:
+            async with self.state.client.pipeline(transaction=True) as pipe:
+                for field, pulls, reward in rows:
+                    pipe.hincrby(key, f"{field}:pulls", pulls)
+                    pipe.hincrbyfloat(key, f"{field}:reward", reward)
+                await pipe.execute()
+        await self._call(tx)
+        for i, (pulls, reward) in updates.items():
+            AUGMENT_PULLS.labels(route, str(i)).inc(max(pulls, 0))
+            AUGMENT_REWARD.labels(route, str(i)).inc(max(reward, 0.0))
+
+
+class RedisSearchStores:
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+        self._stores: dict[str, RedisSearchStore] = {}
+
+    def get(self, path: str | None = None) -> RedisSearchStore:
+        name = path or "default"
+        store = self._stores.get(name)
+        if store is None:
+            store = self._stores[name] = RedisSearchStore(self.state, name)
+        return store
+
+    async def aclose(self) -> None:
+        self._stores.clear()
