@@ -145,7 +145,7 @@ def test_bad_search_config_names_the_key(sim, search, key):
 
 @pytest.mark.parametrize("policy", ["ucb", "thompson"])
 def test_search_moves_samples_to_the_better_string(make_proxy, boosted_sim, tmp_path, policy):
-    route = f"aug-{policy}-{uuid.uuid4().hex[:6]}"
+    route = f"aug-{policy}"  # fixed: the allocation RNG is seeded from the route name (state is per test: tmp_path)
     proxy = make_proxy({"routes": [search_route(route, policy)], "server": {"state_dir": str(tmp_path)}},
                        boosted_sim)
     allocs = [ask(proxy, route, seed)["allocation"] for seed in range(40)]
