@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -34,6 +35,8 @@ from itsproxy.strategies.pipeline import NoAnswer, NotEnoughCandidates, Pipeline
 
 T = TypeVar("T")
 STREAM_GRACE_S = 2.0
+MAX_JSON_DEPTH = 64
+_JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # strings (skipped whole) and brackets
 
 
 @dataclass
@@ -97,10 +100,31 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise ApiError(413, f"request body is larger than the {limit} byte limit", code="body_too_large")
         chunks.append(part)
+    raw = b"".join(chunks)
+    # Depth is checked before parsing: json.loads recurses once per level (100k levels: a RecursionError).
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and await _depth(raw) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep")
     try:
-        return json.loads(b"".join(chunks), parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+
+
+async def _depth(raw: bytes) -> int:
+    """A big body is scanned in a thread: a few MB of brackets take a few hundred ms."""
+    return _nesting_depth(raw) if len(raw) < 64 * 1024 else await asyncio.to_thread(_nesting_depth, raw)
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """The deepest bracket nesting of a JSON text, brackets inside strings not counted."""
+    depth = deepest = 0
+    for token in _JSON_TOKENS.findall(raw):
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:
