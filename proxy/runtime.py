@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from itsproxy.proxy.config import Config, Route
 from itsproxy.proxy.errors import ApiError
-from itsproxy.proxy.metering.budgets import build_budgets
+from itsproxy.proxy.metering.budgets import build_budgets, key_id
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
-from itsproxy.proxy.outcome import Outcome
+from itsproxy.proxy.outcome import Outcome, new_id
 from itsproxy.proxy.routing import Router
 from itsproxy.proxy.storage.search_store import SearchStores
 from itsproxy.proxy.telemetry import metrics
+from itsproxy.proxy.telemetry.access_log import access_line
 from itsproxy.proxy.telemetry.traces import build_trace_hook
 from itsproxy.proxy.upstream.sampler import Upstream
 
-UNROUTED = "(unrouted)"  # the route label of requests refused before routing
+UNROUTED = metrics.UNROUTED  # the route label of requests refused before routing
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
 
 
@@ -34,6 +35,8 @@ class Services:
         self.trace_hook = build_trace_hook(config)
         if self.trace_hook is not None:
             self.hooks.append(self.trace_hook)
+        if config.server.access_log:
+            self.hooks.append(access_line)
         self.search_stores = SearchStores.from_config(config)  # augment_search state, opened lazily
         self.budgets = build_budgets(config.budgets, config.server.state_dir,
                                      auth_enabled=bool(config.server.api_keys))
@@ -42,7 +45,9 @@ class Services:
         route, ledger, outcome = ex.route, ex.ledger, ex.outcome
         report = RequestReport(route=route.name if route else UNROUTED, status=ex.status,
                                duration_s=time.monotonic() - ex.started, calls=list(ledger.calls),
-                               passthrough=bool(route and route.passthrough))
+                               passthrough=bool(route and route.passthrough),
+                               id=outcome.id if outcome is not None else ex.id,
+                               key_id=key_id(ex.key) if ex.key else None)
         total = ledger.total()
         if outcome is not None:
             sel = outcome.selection
@@ -102,6 +107,7 @@ class Exchange:
     outcome: Outcome | None = None
     error: ApiError | None = None
     settled: bool = False
+    id: str = field(default_factory=lambda: new_id("req")[0])
 
     async def admit(self, route: Route) -> None:
         self.route = route

@@ -24,6 +24,8 @@ class ServerConfig:
     keepalive_s: float = 5.0
     upstream_client: str = "auto"  # auto: lean HTTP path for OpenAI-compatible bases; litellm: always litellm
     state_dir: str = ".itsproxy"
+    access_log: bool = True  # one JSON line per settled request on the `itsproxy.access` logger
+    body_timeout_s: float = 10.0  # a client that has not sent its whole body by then: 408
 
 
 SERVER_KEYS = set(ServerConfig.__dataclass_fields__)
@@ -56,6 +58,9 @@ def parse_server(raw: Any) -> ServerConfig:
         upstream_client=choice(raw.get("upstream_client"), "server.upstream_client", ("auto", "litellm"),
                                default="auto"),
         state_dir=string(raw.get("state_dir"), "server.state_dir", required=False) or d.state_dir,
+        access_log=boolean(raw.get("access_log"), "server.access_log", default=True),
+        body_timeout_s=number(raw.get("body_timeout_s"), "server.body_timeout_s",
+                              default=d.body_timeout_s, exclusive_min=True) or d.body_timeout_s,
     )
 
 

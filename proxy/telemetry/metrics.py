@@ -24,6 +24,7 @@ from itsproxy.proxy.metering.ledger import RequestReport
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+UNROUTED = "(unrouted)"  # the route label of requests refused before routing
 
 # `_created` series double the output and do not exist in multi-process mode; dropping them
 # keeps single- and multi-worker /metrics identical in shape.
@@ -101,6 +102,15 @@ def observe(report: RequestReport) -> None:
         _observe(report)
     except Exception:  # noqa: BLE001 - a metrics bug must not turn a served answer into a 500
         log.exception("metrics.observe failed for route %r", getattr(report, "route", None))
+
+
+def refused(status: int) -> None:
+    """Count a response refused before it reached the request path (401, 404, 405): those that
+    do reach it are counted once, by `observe`, when their exchange settles."""
+    try:
+        _child(REQUESTS, UNROUTED, str(status)).inc()
+    except Exception:  # noqa: BLE001 - a metrics bug must not change the answer
+        log.exception("metrics.refused failed")
 
 
 # labels() validates and locks on every call; the children it returns never change, so each
