@@ -56,6 +56,7 @@ class Services:
             report.agreement = sel.agreement
             report.verified = sel.verified
             report.judge_checker_disagreements = sel.disagreements or 0
+            report.degraded = sel.degraded is not None
             if sel.stop is not None:
                 report.candidates_saved = sel.stop.saved
                 report.tokens_saved_estimate = sel.stop.tokens_saved_estimate

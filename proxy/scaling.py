@@ -90,16 +90,23 @@ class ClientGone(Exception):
     """The client disconnected; its upstream work was cancelled."""
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int, timeout_s: float) -> Any:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise ApiError(413, f"request body is larger than the {limit} byte limit", code="body_too_large")
-    chunks, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, f"request body is larger than the {limit} byte limit", code="body_too_large")
-        chunks.append(part)
+    chunks: list[bytes] = []
+    try:  # a client that sends half a body must not hold a connection (and its memory) open for ever
+        async with asyncio.timeout(timeout_s):
+            size = 0
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise ApiError(413, f"request body is larger than the {limit} byte limit",
+                                   code="body_too_large")
+                chunks.append(part)
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout_s:g}s",
+                       code="body_timeout") from None
     raw = b"".join(chunks)
     # Depth is checked before parsing: json.loads recurses once per level (100k levels: a RecursionError).
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and await _depth(raw) > MAX_JSON_DEPTH:
@@ -190,7 +197,8 @@ class Scaling:
         ex = self.s.exchange(client_key(request.headers))
         handed_over = False  # a stream response settles the exchange itself, when it ends
         try:
-            call = surface.parse(await read_json(request, self.s.config.server.max_body_bytes))
+            server = self.s.config.server
+            call = surface.parse(await read_json(request, server.max_body_bytes, server.body_timeout_s))
             route = self.s.router.resolve(call.model)
             await ex.admit(route)
             deadline = asyncio.get_running_loop().time() + route.limits.timeout_s

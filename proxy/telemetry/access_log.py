@@ -32,7 +32,8 @@ def record(report: RequestReport) -> dict[str, Any]:
             "estimated": any(c.estimated for c in report.calls),
             "upstream_calls": len(report.calls),
             "upstream_errors": sum(c.outcome == "error" for c in report.calls),
-            "candidates": report.candidates, "verified": report.verified, "key_id": report.key_id}
+            "candidates": report.candidates, "degraded": report.degraded, "verified": report.verified,
+            "key_id": report.key_id}
 
 
 def access_line(report: RequestReport, outcome: object = None) -> None:

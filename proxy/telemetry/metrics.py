@@ -74,6 +74,9 @@ VERIFIED = Counter(
 DISAGREEMENTS = Counter(
     "its_judge_checker_disagreements_total", "Candidates where the LLM judge and a checker disagreed.",
     ["route"], registry=REGISTRY)
+DEGRADED = Counter(
+    "its_degraded_total", "Answers selected among fewer candidates than requested (its.degraded).",
+    ["route"], registry=REGISTRY)
 INFLIGHT = Gauge(
     "its_inflight_requests", "Requests being handled right now (all workers).",
     multiprocess_mode="livesum", registry=REGISTRY)
@@ -144,6 +147,7 @@ def _observe(r: RequestReport) -> None:
     _child(DISAGREEMENTS, route).inc(_nonneg(r.judge_checker_disagreements))
     _child(CANDIDATES_SAVED, route).inc(_nonneg(r.candidates_saved))
     _child(TOKENS_SAVED, route).inc(_nonneg(r.tokens_saved_estimate))
+    _child(DEGRADED, route).inc(1 if r.degraded else 0)
 
 
 def _observe_call(route: str, call) -> None:
