@@ -13,6 +13,7 @@ import tempfile
 from itsproxy.proxy.config import Config, ConfigError, load_config
 from itsproxy.proxy.config.simulator import SimulatorSettings
 from itsproxy.proxy.metering.budgets import StateError, verify_budget_file
+from itsproxy.proxy.telemetry import access_log
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 # Event-loop watchdog: asyncio debug mode, logging every callback that holds the loop
@@ -152,6 +153,8 @@ def cmd_serve(args) -> int:
         return 2
     import uvicorn
 
+    access_log.configure(args.log_level)
+    os.environ[access_log.LEVEL_ENV] = args.log_level  # workers (spawned) configure theirs from it
     sim = _start_simulator(config.simulator) if config.simulator is not None else None
     print(summary(config), file=sys.stderr)
     print(f"itsproxy serving on http://{args.host}:{args.port}  (dashboard: /dashboard, metrics: /metrics)",

@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from itsproxy.proxy.config import Config, Route
 from itsproxy.proxy.errors import ApiError
-from itsproxy.proxy.metering.budgets import Reservation, build_budgets
+from itsproxy.proxy.metering.budgets import Reservation, build_budgets, key_id
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
-from itsproxy.proxy.outcome import Outcome
+from itsproxy.proxy.outcome import Outcome, new_id
 from itsproxy.proxy.routing import Router
 from itsproxy.proxy.storage.redis_state import RedisSearchStores, RedisState
 from itsproxy.proxy.storage.search_store import SearchStores
 from itsproxy.proxy.telemetry import metrics
+from itsproxy.proxy.telemetry.access_log import access_line
 from itsproxy.proxy.telemetry.traces import build_trace_hook
 from itsproxy.proxy.upstream.sampler import Upstream
 
-UNROUTED = "(unrouted)"  # the route label of requests refused before routing
+UNROUTED = metrics.UNROUTED  # the route label of requests refused before routing
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
 
 
@@ -38,6 +39,8 @@ class Services:
         state = config.server.state
         timeout = config.budgets.state_timeout_s if config.budgets is not None else 0.5
         self.redis = RedisState(state, timeout) if state.backend == "redis" else None
+        if config.server.access_log:
+            self.hooks.append(access_line)
         # augment_search state (opened lazily) and budgets: Redis when shared, else SQLite files
         self.search_stores: SearchStores | RedisSearchStores = (
             self.redis.search_stores() if self.redis is not None else SearchStores.from_config(config))
@@ -49,7 +52,9 @@ class Services:
         route, ledger, outcome = ex.route, ex.ledger, ex.outcome
         report = RequestReport(route=route.name if route else UNROUTED, status=ex.status,
                                duration_s=time.monotonic() - ex.started, calls=list(ledger.calls),
-                               passthrough=bool(route and route.passthrough))
+                               passthrough=bool(route and route.passthrough),
+                               id=outcome.id if outcome is not None else ex.id,
+                               key_id=key_id(ex.key) if ex.key else None)
         total = ledger.total()
         if outcome is not None:
             sel = outcome.selection
@@ -58,6 +63,7 @@ class Services:
             report.agreement = sel.agreement
             report.verified = sel.verified
             report.judge_checker_disagreements = sel.disagreements or 0
+            report.degraded = sel.degraded is not None
             if sel.stop is not None:
                 report.candidates_saved = sel.stop.saved
                 report.tokens_saved_estimate = sel.stop.tokens_saved_estimate
@@ -116,6 +122,7 @@ class Exchange:
     error: ApiError | None = None
     settled: bool = False
     reservation: Reservation | None = None  # tokens held in the key's budget until settled
+    id: str = field(default_factory=lambda: new_id("req")[0])
 
     async def admit(self, route: Route, max_tokens: int) -> None:
         """Route it and reserve its maximum (`max_tokens`, all candidates) in the key's budget."""

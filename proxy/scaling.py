@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -34,6 +35,8 @@ from itsproxy.strategies.pipeline import NoAnswer, NotEnoughCandidates, Pipeline
 
 T = TypeVar("T")
 STREAM_GRACE_S = 2.0
+MAX_JSON_DEPTH = 64
+_JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # strings (skipped whole) and brackets
 
 
 @dataclass
@@ -87,20 +90,48 @@ class ClientGone(Exception):
     """The client disconnected; its upstream work was cancelled."""
 
 
-async def read_json(request: Request, limit: int) -> Any:
+async def read_json(request: Request, limit: int, timeout_s: float) -> Any:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise ApiError(413, f"request body is larger than the {limit} byte limit", code="body_too_large")
-    chunks, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, f"request body is larger than the {limit} byte limit", code="body_too_large")
-        chunks.append(part)
+    chunks: list[bytes] = []
+    try:  # a client that sends half a body must not hold a connection (and its memory) open for ever
+        async with asyncio.timeout(timeout_s):
+            size = 0
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise ApiError(413, f"request body is larger than the {limit} byte limit",
+                                   code="body_too_large")
+                chunks.append(part)
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout_s:g}s",
+                       code="body_timeout") from None
+    raw = b"".join(chunks)
+    # Depth is checked before parsing: json.loads recurses once per level (100k levels: a RecursionError).
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and await _depth(raw) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep")
     try:
-        return json.loads(b"".join(chunks), parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+
+
+async def _depth(raw: bytes) -> int:
+    """A big body is scanned in a thread: a few MB of brackets take a few hundred ms."""
+    return _nesting_depth(raw) if len(raw) < 64 * 1024 else await asyncio.to_thread(_nesting_depth, raw)
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """The deepest bracket nesting of a JSON text, brackets inside strings not counted."""
+    depth = deepest = 0
+    for token in _JSON_TOKENS.findall(raw):
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:
@@ -192,7 +223,8 @@ class Scaling:
         ex = self.s.exchange(client_key(request.headers))
         handed_over = False  # a stream response settles the exchange itself, when it ends
         try:
-            call = surface.parse(await read_json(request, self.s.config.server.max_body_bytes))
+            server = self.s.config.server
+            call = surface.parse(await read_json(request, server.max_body_bytes, server.body_timeout_s))
             route = self.s.router.resolve(call.model)
             await ex.admit(route, request_maximum(call, route, self._reserve_cap()))
             deadline = asyncio.get_running_loop().time() + route.limits.timeout_s

@@ -23,7 +23,7 @@ from itsproxy.strategies.stages.judge import JudgeStage
 from itsproxy.strategies.stages.reward import RewardStage
 from itsproxy.strategies.stages.usc import UscStage
 from itsproxy.strategies.stages.vote import VoteStage
-from itsproxy.strategies.types import Candidate, RepairRound, RepairStop, Selection, SpecError
+from itsproxy.strategies.types import Candidate, Degraded, RepairRound, RepairStop, Selection, SpecError
 
 __all__ = ["NotEnoughCandidates", "Pipeline", "RunContext", "Unverified", "build_pipeline"]
 
@@ -106,6 +106,7 @@ class Pipeline:
         selection.rounds = rounds
         selection.stop = ctx.stop
         selection.steps = ctx.steps
+        selection.degraded = ctx.degraded
         if hard:
             selection.verified = bool(selection.winner and selection.winner.verified)
         return selection
@@ -163,6 +164,8 @@ class Pipeline:
                                    self.generate.adaptive, messages, counts).run()
         ctx.stop = drawn.stop(ctx.n)
         self._enough(drawn.candidates, drawn.errors, ctx.n)
+        # Measured against the draws started, not max_n: an adaptive early stop is no degradation.
+        ctx.degraded = degraded(drawn.attempted, drawn.candidates, drawn.errors)
         return drawn.candidates
 
     def _enough(self, batch: list[Candidate], errors: list[BaseException], n: int) -> None:
@@ -182,6 +185,7 @@ class Pipeline:
                                    augment_counts=counts)
         if rnd == 0:
             self._enough(batch, errors, n)
+            ctx.degraded = degraded(n, batch, errors)
         # A failed repair round is not fatal: the earlier rounds' candidates still stand.
         self.extract(batch)
         return batch
@@ -287,3 +291,12 @@ def _check_adaptive(spec: GenerateSpec, stages: list[Stage], extractor: Extracto
     if not all(s.incremental for s in scorers):
         raise SpecError(f"{path}.generate.adaptive", "over scores needs pointwise scorers (a pairwise "
                         "tournament cannot score batches as they arrive)")
+
+
+def degraded(requested: int, batch: list[Candidate], errors: list[BaseException]) -> Degraded | None:
+    """What fell short of the requested draw, or None when every requested candidate came back."""
+    if len(batch) >= requested and not errors:
+        return None
+    why = (f"{len(errors)} upstream call(s) failed" if errors
+           else "the upstream returned fewer choices than asked for")
+    return Degraded(requested=requested, drawn=len(batch), failed=len(errors), why=why)

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 from itsproxy.strategies.extract import Extractor
 from itsproxy.strategies.search.strings import ArmStats
-from itsproxy.strategies.types import Candidate, Sample, StepsEvidence, Stop, Tally
+from itsproxy.strategies.types import Candidate, Degraded, Sample, StepsEvidence, Stop, Tally
 
 # ---------------------------------------------------------------- model calls
 
@@ -117,6 +117,7 @@ class RunContext:
     max_extra_tokens: int | None = None  # the route's per-request spend caps
     max_cost_usd: float | None = None
     stop: Stop | None = None  # set while drawing; copied into the Selection
+    degraded: Degraded | None = None  # set while drawing; copied into the Selection
     search: dict[str, Any] | None = None  # set by the search's plan; copied into the Selection
     steps: StepsEvidence | None = None  # set by a search over steps; copied into the Selection
 

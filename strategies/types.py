@@ -150,6 +150,20 @@ class RepairRound:
         return {"round": self.round, "after": self.after, "shown": self.shown, "critiques": self.critiques}
 
 
+@dataclass(frozen=True)
+class Degraded:
+    """Fewer candidates were compared than the request asked for (some draws failed, or the
+    upstream returned fewer choices): the answer stands, but on thinner evidence."""
+
+    requested: int
+    drawn: int
+    failed: int  # upstream calls that failed
+    why: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requested": self.requested, "drawn": self.drawn, "failed": self.failed, "why": self.why}
+
+
 @dataclass
 class StepsEvidence:
     """`its.search_steps`: what a search over reasoning steps did."""
@@ -193,12 +207,15 @@ class Selection:
     disagreements: int | None = None  # judge vs hard checks; None when no hard check ran
     fallback: dict[str, str] | None = None  # the selector had nothing to select on: what happened instead
     steps: StepsEvidence | None = None  # the search over reasoning steps (`its.search_steps`)
+    degraded: Degraded | None = None  # fewer candidates compared than requested
 
     def extras(self) -> dict[str, Any]:
         """The stage evidence for the `its` block, as JSON (besides votes, agreement, verified)."""
         out: dict[str, Any] = {}
         if self.fallback is not None:
             out["fallback"] = self.fallback
+        if self.degraded is not None:
+            out["degraded"] = self.degraded.as_dict()
         if self.disagreements is not None:
             out["disagreements"] = self.disagreements
         if self.search is not None:

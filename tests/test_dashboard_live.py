@@ -34,7 +34,7 @@ def test_live_proxy_dashboard_draws_its_traffic(make_proxy, fresh_sim, tmp_path)
 
     for i, (q, _) in enumerate(questions(seed=4, count=5)):  # some history before the page opens
         ask(i, q)
-    traffic = itertools.cycle(enumerate(questions(seed=3, count=400)))
+    traffic = itertools.cycle([(i, q) for i, (q, _) in enumerate(questions(seed=3, count=400))])
     with obs.LoopbackServer(obs.stats_front(p.url, lambda: ask(*next(traffic)))) as front:
         dom = chromium(browser, front.url("/dashboard"), tmp_path, "--dump-dom", budget_ms=10000)
     assert body_attr(dom, "data-polls") >= 2

@@ -51,6 +51,8 @@ class ServerConfig:
     upstream_client: str = "auto"  # auto: lean HTTP path for OpenAI-compatible bases; litellm: always litellm
     state_dir: str = ".itsproxy"
     state: StateConfig = field(default_factory=StateConfig)
+    access_log: bool = True  # one JSON line per settled request on the `itsproxy.access` logger
+    body_timeout_s: float = 10.0  # a client that has not sent its whole body by then: 408
 
 
 SERVER_KEYS = set(ServerConfig.__dataclass_fields__)
@@ -84,6 +86,9 @@ def parse_server(raw: Any) -> ServerConfig:
                                default="auto"),
         state_dir=string(raw.get("state_dir"), "server.state_dir", required=False) or d.state_dir,
         state=parse_state(raw.get("state")),
+        access_log=boolean(raw.get("access_log"), "server.access_log", default=True),
+        body_timeout_s=number(raw.get("body_timeout_s"), "server.body_timeout_s",
+                              default=d.body_timeout_s, exclusive_min=True) or d.body_timeout_s,
     )
 
 

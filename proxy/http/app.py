@@ -22,7 +22,7 @@ from itsproxy.proxy.http.embeddings import EmbeddingsSurface
 from itsproxy.proxy.http.responses import ResponsesSurface
 from itsproxy.proxy.runtime import Services
 from itsproxy.proxy.scaling import Scaling, Surface
-from itsproxy.proxy.telemetry import dashboard
+from itsproxy.proxy.telemetry import access_log, dashboard, metrics
 
 log = logging.getLogger("itsproxy")
 CONFIG_ENV = "ITSPROXY_CONFIG"
@@ -48,6 +48,7 @@ async def model(request: Request) -> Response:
     try:
         services.router.resolve(name)
     except ApiError as err:  # 404 in OpenAI's shape when nothing serves it
+        metrics.refused(err.status)
         return err.response()
     return JSONResponse(_model(name))
 
@@ -60,10 +61,12 @@ def _endpoint(scaling: Scaling, surface: Surface) -> Callable[[Request], Awaitab
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
+    metrics.refused(404)
     return ApiError(404, f"no such endpoint: {request.method} {request.url.path}", code="not_found").response()
 
 
 async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    metrics.refused(405)
     return ApiError(405, f"method {request.method} is not allowed here", code="method_not_allowed").response()
 
 
@@ -116,4 +119,6 @@ def create_app(config: Config) -> Starlette:
 
 def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` / multi-worker serving: config path from the environment."""
+    if os.environ.get(access_log.LEVEL_ENV):
+        access_log.configure(os.environ[access_log.LEVEL_ENV])
     return create_app(load_config(os.environ.get(CONFIG_ENV) or None))

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.datastructures import Headers
 
 from itsproxy.proxy.errors import ApiError
+from itsproxy.proxy.telemetry import metrics
 
 
 def client_key(headers: Headers) -> str | None:
@@ -54,4 +55,5 @@ class AuthMiddleware:
             return await self.app(scope, receive, send)
         headers = {"www-authenticate": 'Basic realm="itsproxy"'} if scope["path"].startswith("/dashboard") else {}
         err = ApiError(401, "Incorrect API key provided", code="invalid_api_key", headers=headers)
+        metrics.refused(401)  # never reaches the request path, so never counted there
         await err.response()(scope, receive, send)

@@ -7,11 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from itsproxy.proxy.errors import bad_request
+from itsproxy.proxy.http import fields
 from itsproxy.proxy.params import OWN, split_params
 from itsproxy.proxy.scaling import Call
-
-ITS_KEYS = frozenset({"n"})
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
 def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
@@ -26,18 +24,6 @@ def _int(body: dict[str, Any], key: str, lo: int) -> None:
         raise bad_request(f"'{key}' must be an integer >= {lo}", param=key)
 
 
-def _messages(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not value:
-        raise bad_request("'messages' must be a non-empty array", param="messages")
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise bad_request(f"messages[{i}] must be an object with a valid 'role'", param=f"messages[{i}]")
-        content = m.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise bad_request(f"messages[{i}].content must be a string or an array", param=f"messages[{i}].content")
-    return value
-
-
 def parse_request(body: Any, drop_params: bool = False) -> Call:
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
@@ -45,7 +31,7 @@ def parse_request(body: Any, drop_params: bool = False) -> Call:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required", param="model")
-    messages = _messages(body.get("messages"))
+    messages = fields.messages(body.get("messages"))
     _number(body, "temperature", 0, 2)
     _number(body, "top_p", 0, 1)
     _number(body, "frequency_penalty", -2, 2)
@@ -57,22 +43,14 @@ def parse_request(body: Any, drop_params: bool = False) -> Call:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise bad_request("'seed' must be an integer", param="seed")
-    if "tools" in body and body["tools"] is not None and not isinstance(body["tools"], list):
-        raise bad_request("'tools' must be an array", param="tools")
+    fields.tools(body.get("tools"))
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean", param="stream")
     opts = body.get("stream_options") or {}
     if not isinstance(opts, dict):
         raise bad_request("'stream_options' must be an object", param="stream_options")
-    its = body.get("its") or {}
-    if not isinstance(its, dict):
-        raise bad_request("'its' must be an object", param="its")
-    for key in its:
-        if key not in ITS_KEYS:
-            raise bad_request(f"unknown its option '{key}'", param=f"its.{key}")
-    if "n" in its:
-        _int(its, "n", 1)
+    its = fields.its_options(body.get("its"))
     n = body.get("n")
     return Call(model=model, messages=messages, stream=stream, include_usage=bool(opts.get("include_usage")),
                 n=n, its=its, params=params, returned=n or 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from itsproxy.proxy.errors import ApiError, bad_request
+from itsproxy.proxy.http import fields
 from itsproxy.proxy.http.relay import ChunkRelay
 from itsproxy.proxy.http.sse import DONE, sse
 from itsproxy.proxy.outcome import Outcome, new_id
@@ -21,7 +22,6 @@ from itsproxy.proxy.scaling import Call
 from itsproxy.proxy.upstream.replies import TEXT
 
 OWN = frozenset({"model", "prompt", "stream", "stream_options", "n", "best_of", "its", "echo", "logprobs"})
-ITS_KEYS = frozenset({"n"})
 
 
 def _prompt(value: Any) -> str | list[Any]:
@@ -61,9 +61,9 @@ def parse(body: Any, drop_params: bool) -> tuple[Call, dict[str, Any]]:
     if not isinstance(stream, bool) or not isinstance(echo, bool):
         bad = "stream" if not isinstance(stream, bool) else "echo"
         raise bad_request(f"'{bad}' must be a boolean", param=bad)
-    opts, its = body.get("stream_options") or {}, body.get("its") or {}
-    if not isinstance(opts, dict) or not isinstance(its, dict) or set(its) - ITS_KEYS:
-        raise bad_request("'stream_options' and 'its' must be objects; its takes: n", param="its")
+    opts, its = body.get("stream_options") or {}, fields.its_options(body.get("its"))
+    if not isinstance(opts, dict):
+        raise bad_request("'stream_options' must be an object", param="stream_options")
     params = split_params(body, OWN, drop_params)
     if logprobs is not None:  # the strategies draw chat-shaped candidates: ask for chat logprobs
         params.update(logprobs=True, top_logprobs=max(1, logprobs))

@@ -48,6 +48,8 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
         where = f"input[{i}]"
         item = _obj(raw, where)
         kind = item.get("type", "message")
+        if not isinstance(kind, str):
+            raise bad_request(f"'{where}.type' must be a string", param=f"{where}.type")
         if kind == "message":
             messages.append(_message(item, where))
         elif kind == "function_call":
@@ -70,7 +72,7 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
 
 def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
     role = item.get("role")
-    if role not in MESSAGE_ROLES:
+    if not isinstance(role, str) or role not in MESSAGE_ROLES:
         raise bad_request(f"'{where}.role' must be one of {sorted(MESSAGE_ROLES)}", param=f"{where}.role")
     content = item.get("content")
     if isinstance(content, str):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from itsproxy.proxy.errors import bad_request
-from itsproxy.proxy.http.chat_request import ITS_KEYS
+from itsproxy.proxy.http.fields import its_options
 from itsproxy.proxy.http.responses_items import input_messages
 from itsproxy.proxy.params import FORBIDDEN
 from itsproxy.proxy.scaling import Call
@@ -65,7 +65,7 @@ def parse_responses(body: Any) -> ResponsesRequest:
     stream = b.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean", param="stream")
-    call = Call(model=model, messages=messages, params=params, stream=stream, its=_its(b.get("its", {})))
+    call = Call(model=model, messages=messages, params=params, stream=stream, its=its_options(b.get("its")))
     return ResponsesRequest(call, _echo(b, params))
 
 
@@ -140,6 +140,8 @@ def _tools(value: Any) -> list[dict[str, Any]]:
         if not isinstance(tool, dict):
             raise bad_request(f"'{where}' must be an object", param=where)
         kind = tool.get("type")
+        if not isinstance(kind, str):
+            raise bad_request(f"'{where}.type' must be a string", param=f"{where}.type")
         if kind in HOSTED_TOOLS:
             raise bad_request(f"{where}: the built-in tool '{kind}' is not supported (itsproxy runs no hosted "
                               "tools); declare a function tool {type: 'function', name, parameters} and run it "
@@ -236,17 +238,6 @@ def _logprobs(b: dict[str, Any]) -> dict[str, Any]:
     if "top_logprobs" in b:
         out["top_logprobs"] = _int(b["top_logprobs"], "top_logprobs", 0)
     return out
-
-
-def _its(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise bad_request("'its' must be an object", param="its")
-    for key in value:
-        if key not in ITS_KEYS:
-            raise bad_request(f"unknown its option '{key}'", param=f"its.{key}")
-    if "n" in value:
-        _int(value["n"], "its.n", 1)
-    return value
 
 
 def _echo(b: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

@@ -133,3 +133,6 @@ class RequestReport:
     candidates_saved: int = 0  # adaptive stopping: max n minus drawn
     tokens_saved_estimate: int = 0
     passthrough: bool = False
+    id: str = ""  # the response id (or the exchange's own, when there is no answer)
+    key_id: str | None = None  # the client key's SHA-256 prefix (never the key), None without one
+    degraded: bool = False  # fewer candidates compared than requested (its.degraded)

@@ -24,6 +24,7 @@ from itsproxy.proxy.metering.ledger import RequestReport
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+UNROUTED = "(unrouted)"  # the route label of requests refused before routing
 
 # `_created` series double the output and do not exist in multi-process mode; dropping them
 # keeps single- and multi-worker /metrics identical in shape.
@@ -73,6 +74,9 @@ VERIFIED = Counter(
 DISAGREEMENTS = Counter(
     "its_judge_checker_disagreements_total", "Candidates where the LLM judge and a checker disagreed.",
     ["route"], registry=REGISTRY)
+DEGRADED = Counter(
+    "its_degraded_total", "Answers selected among fewer candidates than requested (its.degraded).",
+    ["route"], registry=REGISTRY)
 INFLIGHT = Gauge(
     "its_inflight_requests", "Requests being handled right now (all workers).",
     multiprocess_mode="livesum", registry=REGISTRY)
@@ -106,6 +110,15 @@ def observe(report: RequestReport) -> None:
         log.exception("metrics.observe failed for route %r", getattr(report, "route", None))
 
 
+def refused(status: int) -> None:
+    """Count a response refused before it reached the request path (401, 404, 405): those that
+    do reach it are counted once, by `observe`, when their exchange settles."""
+    try:
+        _child(REQUESTS, UNROUTED, str(status)).inc()
+    except Exception:  # noqa: BLE001 - a metrics bug must not change the answer
+        log.exception("metrics.refused failed")
+
+
 # labels() validates and locks on every call; the children it returns never change, so each
 # label combination is looked up once (bounded by the same cardinality as the metrics themselves).
 _CHILDREN: dict[tuple, object] = {}
@@ -137,6 +150,7 @@ def _observe(r: RequestReport) -> None:
     _child(DISAGREEMENTS, route).inc(_nonneg(r.judge_checker_disagreements))
     _child(CANDIDATES_SAVED, route).inc(_nonneg(r.candidates_saved))
     _child(TOKENS_SAVED, route).inc(_nonneg(r.tokens_saved_estimate))
+    _child(DEGRADED, route).inc(1 if r.degraded else 0)
 
 
 def _observe_call(route: str, call) -> None:

@@ -92,19 +92,24 @@ class _Usage(msgspec.Struct):
     prompt_tokens_details: _Details | None = None
 
 
-def clean_usage(usage: Any) -> dict[str, Any] | None:
-    """The usage object if its counts are non-negative integers, else None (= missing: estimate)."""
+class _GenerationUsage(_Usage):
+    completion_tokens: Count  # a generation's usage without it would meter the answer as free
+
+
+def clean_usage(usage: Any, generation: bool = True) -> dict[str, Any] | None:
+    """The usage object if its counts are non-negative integers (and, for a generation, it has
+    completion_tokens), else None (= missing: estimate)."""
     try:
-        msgspec.convert(usage, _Usage)
+        msgspec.convert(usage, _GenerationUsage if generation else _Usage)
     except msgspec.ValidationError:
         return None
     return usage
 
 
-def _usage_in_place(payload: dict[str, Any]) -> dict[str, Any] | None:
+def _usage_in_place(payload: dict[str, Any], generation: bool = True) -> dict[str, Any] | None:
     if "usage" not in payload:
         return None
-    usage = clean_usage(payload["usage"])
+    usage = clean_usage(payload["usage"], generation)
     if usage is None:
         del payload["usage"]
     return usage
@@ -261,7 +266,7 @@ def text_as_chunks(payload: dict[str, Any]) -> list[dict[str, Any]]:
 def check_embeddings(payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise UpstreamProtocolError("upstream sent a response that is not an embeddings list")
-    usage = _usage_in_place(payload)
+    usage = _usage_in_place(payload, generation=False)
     _typed(payload, _Embeddings, usage)
     return payload
 

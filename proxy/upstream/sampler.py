@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -31,6 +32,8 @@ from itsproxy.proxy.upstream.retry import RetryPolicy
 from itsproxy.proxy.upstream.stream_tally import ChoiceTally, StreamedMessage
 from itsproxy.strategies.generate import derive_seed
 from itsproxy.strategies.types import Sample
+
+log = logging.getLogger("itsproxy.upstream")
 
 
 class Upstream:
@@ -145,6 +148,13 @@ class RequestSampler:
     def timeout(self) -> float:
         return self.up.config.server.upstream_timeout_s
 
+    def _warn(self, entry: ModelEntry, phase: str, exc: UpstreamError) -> None:
+        """One line per failed upstream call, for operators: its status and model, redacted."""
+        redact = self.up.config.redactor
+        log.warning("upstream call failed: model=%s phase=%s status=%s code=%s: %s", entry.name, phase,
+                    exc.status if exc.status is not None else "none", redact.optional(exc.code) or "-",
+                    redact(exc.message)[:300])
+
     async def call(self, entry: ModelEntry, body: dict[str, Any], phase: str,
                    wire: Wire = CHAT) -> tuple[dict[str, Any], CallRecord]:
         """One non-streaming call to the endpoint `wire` names, metered."""
@@ -159,11 +169,13 @@ class RequestSampler:
             raise
         except UpstreamProtocolError as exc:  # it answered, wrongly: metered as far as the reply tells
             record.outcome = "error"
+            self._warn(entry, phase, exc)
             if exc.answered:
                 self._meter_unfinished(record, entry, body, exc.usage)
             raise
-        except UpstreamError:
+        except UpstreamError as exc:
             record.outcome = "error"
+            self._warn(entry, phase, exc)
             raise
         finally:
             self.up.semaphore.release()
@@ -358,10 +370,12 @@ class RequestSampler:
             raise
         except UpstreamProtocolError as exc:
             record.outcome = "error"
+            self._warn(entry, phase, exc)
             answered = answered or exc.answered
             raise
-        except UpstreamError:
+        except UpstreamError as exc:
             record.outcome = "error"
+            self._warn(entry, phase, exc)
             raise
         finally:
             self.up.semaphore.release()

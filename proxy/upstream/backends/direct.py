@@ -98,12 +98,14 @@ class DirectBackend:
     async def _complete_once(self, url: str, headers: dict[str, str], content: bytes,
                              timeout: float, wire: Wire) -> dict[str, Any]:
         resp = await self._open(url, headers, content, timeout)
+        # The upstream answered 2xx: it has read the prompt (and bills it) even if its body breaks off,
+        # so the error says `answered` and the call is metered (estimated).
         try:
             raw = await self._read(resp)
         except TimeoutError:  # aiohttp's timeouts subclass it
-            raise UpstreamError(f"upstream timed out after {timeout:.1f}s") from None
+            raise UpstreamProtocolError(f"upstream reply stalled for {timeout:.1f}s", "upstream_error") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream connection failed: {type(exc).__name__}") from None
+            raise UpstreamProtocolError(f"upstream reply broke off: {type(exc).__name__}", "upstream_error") from None
         finally:
             resp.release()
         return _reply(raw, wire)

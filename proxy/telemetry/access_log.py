@@ -1,0 +1,58 @@
+"""The access log: one JSON line per settled request, on the `itsproxy.access` logger.
+
+Operators grep and ship it (Loki, CloudWatch, jq), so it is one flat object per line.
+It carries what a request cost and how it ended, never what was said: no prompt or
+answer text, no key (only the key's SHA-256 prefix, the id budgets use). It is fed
+from the one settlement (`Services.observe`), so every request appears exactly once,
+with the same numbers as /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+from itsproxy.proxy.metering.ledger import RequestReport
+
+log = logging.getLogger("itsproxy.access")
+LEVEL_ENV = "ITSPROXY_LOG_LEVEL"  # set by `itsproxy serve` for its worker processes
+
+
+def record(report: RequestReport) -> dict[str, Any]:
+    prompt = sum(c.prompt_tokens for c in report.calls)
+    completion = sum(c.completion_tokens for c in report.calls)
+    priced = [c.cost_usd for c in report.calls if c.cost_usd is not None]
+    unpriced = any(c.cost_usd is None and c.total_tokens for c in report.calls)
+    return {"id": report.id, "route": report.route, "status": report.status,
+            "latency_ms": round(report.duration_s * 1000, 1),
+            "prompt_tokens": prompt, "completion_tokens": completion,
+            "cost_usd": None if unpriced else round(sum(priced), 10),
+            "estimated": any(c.estimated for c in report.calls),
+            "upstream_calls": len(report.calls),
+            "upstream_errors": sum(c.outcome == "error" for c in report.calls),
+            "candidates": report.candidates, "degraded": report.degraded, "verified": report.verified,
+            "key_id": report.key_id}
+
+
+def access_line(report: RequestReport, outcome: object = None) -> None:
+    """A `Services` hook: log one settled request."""
+    if log.isEnabledFor(logging.INFO):
+        log.info(json.dumps(record(report), separators=(",", ":")))
+
+
+def configure(level: str) -> None:
+    """`itsproxy serve`: the proxy's own log lines (upstream failures, internal errors) to stderr at
+    `level`; the access log to stderr as bare JSON lines at INFO whatever `level` is (it is switched
+    by server.access_log)."""
+    own = logging.getLogger("itsproxy")
+    if not own.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        own.addHandler(handler)
+    own.setLevel(level.upper())
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler(sys.stderr))  # the default format: the message alone
+    log.setLevel(logging.INFO)
+    log.propagate = False
