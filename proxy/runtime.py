@@ -19,7 +19,7 @@ from itsproxy.proxy.storage.search_store import SearchStores
 from itsproxy.proxy.telemetry import metrics
 from itsproxy.proxy.telemetry.access_log import access_line
 from itsproxy.proxy.telemetry.traces import build_trace_hook
-from itsproxy.proxy.upstream.sampler import Upstream
+from itsproxy.proxy.upstream.pool import Upstream
 
 UNROUTED = metrics.UNROUTED  # the route label of requests refused before routing
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer

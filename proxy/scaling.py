@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import json
 import math
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -24,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from itsproxy.proxy.config import Route
 from itsproxy.proxy.errors import ApiError
 from itsproxy.proxy.http.auth import client_key
+from itsproxy.proxy.http.body import read_json
 from itsproxy.proxy.http.sse import KEEPALIVE, EventStream, client_gone
 from itsproxy.proxy.metering.ledger import Ledger
 from itsproxy.proxy.outcome import Outcome, new_id, passthrough_headers, passthrough_its
@@ -35,8 +35,6 @@ from itsproxy.strategies.pipeline import NoAnswer, NotEnoughCandidates, Pipeline
 
 T = TypeVar("T")
 STREAM_GRACE_S = 2.0
-MAX_JSON_DEPTH = 64
-_JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')  # strings (skipped whole) and brackets
 
 
 @dataclass
@@ -88,55 +86,6 @@ class Surface(Protocol):
 
 class ClientGone(Exception):
     """The client disconnected; its upstream work was cancelled."""
-
-
-async def read_json(request: Request, limit: int, timeout_s: float) -> Any:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise ApiError(413, f"request body is larger than the {limit} byte limit", code="body_too_large")
-    chunks: list[bytes] = []
-    try:  # a client that sends half a body must not hold a connection (and its memory) open for ever
-        async with asyncio.timeout(timeout_s):
-            size = 0
-            async for part in request.stream():
-                size += len(part)
-                if size > limit:
-                    raise ApiError(413, f"request body is larger than the {limit} byte limit",
-                                   code="body_too_large")
-                chunks.append(part)
-    except TimeoutError:
-        raise ApiError(408, f"the request body did not arrive within {timeout_s:g}s",
-                       code="body_timeout") from None
-    raw = b"".join(chunks)
-    # Depth is checked before parsing: json.loads recurses once per level (100k levels: a RecursionError).
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and await _depth(raw) > MAX_JSON_DEPTH:
-        raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep")
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
-
-
-async def _depth(raw: bytes) -> int:
-    """A big body is scanned in a thread: a few MB of brackets take a few hundred ms."""
-    return _nesting_depth(raw) if len(raw) < 64 * 1024 else await asyncio.to_thread(_nesting_depth, raw)
-
-
-def _nesting_depth(raw: bytes) -> int:
-    """The deepest bracket nesting of a JSON text, brackets inside strings not counted."""
-    depth = deepest = 0
-    for token in _JSON_TOKENS.findall(raw):
-        if token in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif token in (b"]", b"}"):
-            depth -= 1
-    return deepest
-
-
-def _reject_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON; accepting them would poison what we forward and render.
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def upstream_failure(errors: list[BaseException], redactor: Redactor, *, passthrough: bool) -> ApiError:

@@ -137,7 +137,7 @@ def test_generative_reward_uses_yes_probability(make_proxy, sim):
 
 
 def test_endpoint_client_is_closed_with_the_upstream(make_proxy, sim):
-    from itsproxy.proxy.upstream.sampler import Upstream
+    from itsproxy.proxy.upstream.pool import Upstream
 
     cfg = parse_config({"model_list": sim_models(sim.url), "routes": [route([{"reward": {"url": f"{sim.url}/reward"}}])]})
     up = Upstream(cfg)

@@ -13,7 +13,7 @@ from itsproxy.proxy.config import parse_config
 from itsproxy.proxy.metering.ledger import CallRecord, Ledger
 from itsproxy.proxy.metering.tokens import count_message
 from itsproxy.proxy.upstream.backends.base import UpstreamError, UpstreamProtocolError
-from itsproxy.proxy.upstream.sampler import Upstream
+from itsproxy.proxy.upstream.pool import Upstream
 from tests.difficult_upstream import ANSWER, serve
 
 USER = [{"role": "user", "content": "What is six times seven?"}]

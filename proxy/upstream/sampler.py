@@ -15,123 +15,23 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from itsproxy.proxy.config import Config, Deployment, ModelEntry
+from itsproxy.proxy.config import ModelEntry
 from itsproxy.proxy.metering.ledger import CallRecord, Ledger
-from itsproxy.proxy.metering.pricing import Prices, prices_for
-from itsproxy.proxy.metering.tokens import count_message, count_messages, count_text
-from itsproxy.proxy.metering.tokens import warm as warm_tokenizer
-from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, UpstreamError, UpstreamProtocolError, retryable
-from itsproxy.proxy.upstream.backends.direct import DirectBackend, direct_capable
+from itsproxy.proxy.metering.tokens import count_message
+from itsproxy.proxy.upstream.backends.base import UpstreamError, UpstreamProtocolError, retryable
+from itsproxy.proxy.upstream.choices import choice_message, prompt_estimate, reply_message, split_completion
 from itsproxy.proxy.upstream.completion_mode import as_chat, chunk_as_chat, text_body
-from itsproxy.proxy.upstream.deployments import Balancer, Lease, NoDeployment
-from itsproxy.proxy.upstream.endpoints import Endpoints
 from itsproxy.proxy.upstream.replies import CHAT, TEXT, Wire
-from itsproxy.proxy.upstream.retry import RetryPolicy
 from itsproxy.proxy.upstream.stream_tally import ChoiceTally, StreamedMessage
 from itsproxy.strategies.generate import derive_seed
 from itsproxy.strategies.types import Sample
 
 log = logging.getLogger("itsproxy.upstream")
 
-
-class Upstream:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.models = config.models
-        server = config.server
-        self.direct = DirectBackend(max_connections=max(64, server.max_upstream_concurrency),
-                                    retry=RetryPolicy(server.num_retries),
-                                    max_body_bytes=server.max_upstream_body_bytes)
-        self._litellm: Backend | None = None
-        deployments = [d for m in self.models.values() for d in m.deployments]
-        if server.upstream_client == "litellm" or not all(direct_capable(d) for d in deployments):
-            self._litellm = self._make_litellm()
-        self.semaphore = asyncio.Semaphore(server.max_upstream_concurrency)
-        self.balancer = Balancer(config.router)
-        self.tpm_limited = {m.name for m in self.models.values() if any(d.tpm for d in m.deployments)}
-        # model name -> True (n works), False (n refused: fan out). Seeded from model_info.supports_n.
-        self.n_support: dict[str, bool] = {k: m.supports_n for k, m in self.models.items() if m.supports_n is not None}
-        # Slow first uses happen here, at startup, never inside a request (they would block the event loop):
-        # the tokenizer (~0.4 s; it splits n-call usage across choices and counts missing usage), and
-        # the cost map (read only for models whose prices model_list does not set).
-        warm_tokenizer()
-        self.prices = {name: prices_for(entry) for name, entry in self.models.items()}
-        self.endpoints = Endpoints(self.prices)  # reward endpoints: metered like model calls
-
-    def _make_litellm(self) -> Backend:
-        from itsproxy.proxy.upstream.backends.via_litellm import LitellmBackend
-
-        return LitellmBackend(RetryPolicy(self.config.server.num_retries))
-
-    def backend(self, target: Deployment) -> Backend:
-        if self.config.server.upstream_client == "auto" and direct_capable(target):
-            return self.direct
-        assert self._litellm is not None
-        return self._litellm
-
-    def entry(self, name: str) -> ModelEntry:
-        """A model_list name, or a name a wildcard entry (`openai/*`) serves."""
-        entry = self.config.model(name)
-        if entry is None:
-            raise UpstreamError(f"no model_list entry serves {name!r}", 404)
-        return entry
-
-    def price(self, entry: ModelEntry) -> Prices:
-        # Wildcard-served names are priced on use (the cost map is already in memory: read at startup).
-        return self.prices.get(entry.name) or prices_for(entry)
-
-    def lease(self, entry: ModelEntry, body: dict[str, Any], tried: list[str],
-              last: UpstreamError | None) -> Lease:
-        """A deployment for one call; when none is free, the last failure (after a failover)
-        or a 429 saying when one frees up."""
-        limited = entry.name in self.tpm_limited
-        estimate = prompt_estimate(body) if limited else 0
-        try:
-            return self.balancer.acquire(entry, estimate, tried)
-        except NoDeployment as exc:
-            if last is not None:
-                raise last from None
-            raise UpstreamError(str(exc), 429, code="no_deployment_available",
-                                retry_after=exc.retry_after_s) from None
-
-    def bind(self, ledger: Ledger, deadline: float | None = None) -> RequestSampler:
-        """`deadline` (event-loop time): retries and their Retry-After waits stay within it."""
-        return RequestSampler(self, ledger, deadline)
-
-    async def aclose(self) -> None:
-        await self.endpoints.aclose()
-        await self.direct.aclose()
-        if self._litellm is not None:
-            await self._litellm.aclose()
-
-    async def slot(self) -> None:
-        if not self.semaphore.locked():  # a free slot: taken at once, no timeout task needed
-            await self.semaphore.acquire()
-            return
-        try:
-            await asyncio.wait_for(self.semaphore.acquire(), self.config.server.upstream_queue_timeout_s)
-        except TimeoutError:
-            raise UpstreamBusy("the proxy is at its upstream concurrency limit; try again shortly", 503) from None
-
-
-def split_completion(total: int, messages: list[dict[str, Any]]) -> list[int]:
-    """Share one call's completion tokens across its choices by their tiktoken counts, exactly."""
-    if len(messages) <= 1 or total == 0:  # nothing to split: the same shares, without tokenizing
-        return [total] * len(messages)
-    counts = [count_message(m) for m in messages]
-    if not counts:
-        return []
-    weight = sum(counts)
-    if weight == 0:
-        counts, weight = [1] * len(counts), len(counts)
-    exact = [total * c / weight for c in counts]
-    shares = [int(x) for x in exact]
-    order = sorted(range(len(shares)), key=lambda i: (-(exact[i] - shares[i]), i))
-    for i in order[: total - sum(shares)]:
-        shares[i] += 1
-    return shares
+if TYPE_CHECKING:  # the pool hands out samplers: its module imports this one
+    from itsproxy.proxy.upstream.pool import Upstream
 
 
 class RequestSampler:
@@ -280,7 +180,7 @@ class RequestSampler:
         else:
             resp, record = await self.call(entry, body, phase)
         choices = resp.get("choices") or []
-        messages = [_message(c) for c in choices]
+        messages = [choice_message(c) for c in choices]
         shares = split_completion(record.completion_tokens, messages)
         return [
             Sample(message=m, finish_reason=c.get("finish_reason"), model=entry.name, call_id=record.id,
@@ -424,28 +324,3 @@ class RequestSampler:
         record.choices = max(1, len(messages))
         record.cost_usd = self.up.price(entry).cost(record.prompt_tokens, record.completion_tokens,
                                                            record.cached_tokens)
-
-
-def _message(choice: dict[str, Any]) -> dict[str, Any]:
-    m = choice.get("message") or {}
-    out: dict[str, Any] = {"role": "assistant", "content": m.get("content")}
-    for key in ("tool_calls", "refusal", "function_call", "audio"):
-        if m.get(key):
-            out[key] = m[key]
-    return out
-
-
-def prompt_estimate(body: dict[str, Any]) -> int:
-    """The prompt's tokens by our tokenizer, whatever the endpoint (for an upstream that told none)."""
-    if "messages" in body:
-        return count_messages(body.get("messages") or [], body.get("tools"))
-    prompt = body.get("prompt", body.get("input"))
-    texts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
-    return sum(count_text(t) if isinstance(t, str) else len(t) if isinstance(t, list) else 1 for t in texts)
-
-
-def reply_message(choice: dict[str, Any]) -> dict[str, Any]:
-    """A choice's message; a text completion's text as one."""
-    if "message" in choice:
-        return choice["message"]
-    return {"role": "assistant", "content": choice.get("text") or ""}
