@@ -160,7 +160,9 @@ def cmd_serve(args) -> int:
     print(f"itsproxy serving on http://{args.host}:{args.port}  (dashboard: /dashboard, metrics: /metrics)",
           file=sys.stderr)
     # uvicorn's "auto" picks uvloop and httptools when they are installed (uvicorn[standard]).
-    opts = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=False, loop=_watch_loop())
+    # proxy_headers off: nothing here reads the client's address, and the middleware costs every request.
+    opts = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=False, proxy_headers=False,
+                loop=_watch_loop())
     try:
         if args.workers > 1:
             # Several processes share one metrics directory so /metrics adds them up.

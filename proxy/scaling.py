@@ -24,6 +24,7 @@ from itsproxy.proxy.config import Route
 from itsproxy.proxy.errors import ApiError
 from itsproxy.proxy.http.auth import client_key
 from itsproxy.proxy.http.body import read_json
+from itsproxy.proxy.http.json_response import FastJSONResponse
 from itsproxy.proxy.http.sse import KEEPALIVE, EventStream, client_gone
 from itsproxy.proxy.metering.ledger import Ledger
 from itsproxy.proxy.outcome import Outcome, new_id, passthrough_headers, passthrough_its
@@ -175,7 +176,8 @@ class Scaling:
             server = self.s.config.server
             call = surface.parse(await read_json(request, server.max_body_bytes, server.body_timeout_s))
             route = self.s.router.resolve(call.model)
-            await ex.admit(route, request_maximum(call, route, self._reserve_cap()))
+            budgets = self.s.budgets is not None  # the maximum serialises the prompt: only when it is reserved
+            await ex.admit(route, request_maximum(call, route, self._reserve_cap()) if budgets else 0)
             deadline = asyncio.get_running_loop().time() + route.limits.timeout_s
             if call.stream:
                 response = await self._stream(request, surface, call, ex, deadline)
@@ -185,7 +187,7 @@ class Scaling:
                 return await guarded(request, self._forward(surface, call, ex, deadline), deadline, route)
             surface.check_scaling(call)
             ex.outcome = await guarded(request, self._run(call, ex, deadline), deadline, route)
-            return JSONResponse(surface.render(ex.outcome, call), headers=ex.outcome.headers())
+            return FastJSONResponse(surface.render(ex.outcome, call), headers=ex.outcome.headers())
         except ApiError as err:
             ex.fail(err)
             return err.response({"x-its-route": ex.route.name} if ex.route else None)
@@ -206,7 +208,7 @@ class Scaling:
             raise upstream_failure([exc], self.s.config.redactor, passthrough=True) from None
         its = passthrough_its(route, ledger, record.choices)
         body = surface.render_passthrough(resp, its, ledger.total().as_dict())
-        return JSONResponse(body, headers=passthrough_headers(route, ledger, record.choices))
+        return FastJSONResponse(body, headers=passthrough_headers(route, ledger, record.choices))
 
     def _route(self, ex: Exchange) -> Route:
         assert ex.route is not None, "admitted before use"

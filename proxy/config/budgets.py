@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from itsproxy.proxy.config_fields import ConfigError, choice, integer, mapping, 
 LIMIT_KEYS = {"tokens_per_day", "cost_usd_per_day"}
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of keys, hashed on every request
 def key_id(key: str) -> str:
     """How a key is stored and looked up: a SHA-256 prefix, never the key in clear."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]

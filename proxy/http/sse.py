@@ -14,11 +14,11 @@ suspended at a `yield` when the client leaves would never settle).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
+import msgspec
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -28,8 +28,11 @@ DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": working\n\n"
 
 
+_encode = msgspec.json.Encoder().encode  # compact UTF-8 JSON, several times faster than json.dumps
+
+
 def sse(data: Any, event: str | None = None) -> bytes:
-    line = b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    line = b"data: " + _encode(data) + b"\n\n"
     return line if event is None else b"event: " + event.encode() + b"\n" + line
 
 

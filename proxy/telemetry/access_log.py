@@ -9,10 +9,11 @@ with the same numbers as /metrics.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Any
+
+import msgspec
 
 from itsproxy.proxy.metering.ledger import RequestReport
 
@@ -21,25 +22,33 @@ LEVEL_ENV = "ITSPROXY_LOG_LEVEL"  # set by `itsproxy serve` for its worker proce
 
 
 def record(report: RequestReport) -> dict[str, Any]:
-    prompt = sum(c.prompt_tokens for c in report.calls)
-    completion = sum(c.completion_tokens for c in report.calls)
-    priced = [c.cost_usd for c in report.calls if c.cost_usd is not None]
-    unpriced = any(c.cost_usd is None and c.total_tokens for c in report.calls)
+    prompt = completion = errors = 0
+    cost, priced, estimated = 0.0, True, False
+    for c in report.calls:  # one pass: this runs for every request
+        prompt += c.prompt_tokens
+        completion += c.completion_tokens
+        errors += c.outcome == "error"
+        estimated = estimated or c.estimated
+        if c.cost_usd is not None:
+            cost += c.cost_usd
+        elif c.prompt_tokens or c.completion_tokens:
+            priced = False
     return {"id": report.id, "route": report.route, "status": report.status,
             "latency_ms": round(report.duration_s * 1000, 1),
             "prompt_tokens": prompt, "completion_tokens": completion,
-            "cost_usd": None if unpriced else round(sum(priced), 10),
-            "estimated": any(c.estimated for c in report.calls),
-            "upstream_calls": len(report.calls),
-            "upstream_errors": sum(c.outcome == "error" for c in report.calls),
+            "cost_usd": round(cost, 10) if priced else None, "estimated": estimated,
+            "upstream_calls": len(report.calls), "upstream_errors": errors,
             "candidates": report.candidates, "degraded": report.degraded, "verified": report.verified,
             "key_id": report.key_id}
+
+
+_encode = msgspec.json.Encoder().encode  # ~10x json.dumps; the same compact JSON
 
 
 def access_line(report: RequestReport, outcome: object = None) -> None:
     """A `Services` hook: log one settled request."""
     if log.isEnabledFor(logging.INFO):
-        log.info(json.dumps(record(report), separators=(",", ":")))
+        log.info(_encode(record(report)).decode())
 
 
 def configure(level: str) -> None:
