@@ -142,3 +142,30 @@ def test_budget_endpoint_without_budgets_says_unlimited(make_proxy, sim):
                    sim, api_key=KEY)
     body = p.http.get("/v1/its/budget", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert body["unlimited"] is True and body["remaining"] is None and body["key"] == key_id(KEY)
+
+
+def test_key_in_the_page_url_opens_the_page_only(served):
+    p, _, _ = served
+    assert p.http.get("/dashboard", params={"key": KEY}).status_code == 200
+    assert p.http.get("/dashboard", params={"key": "nope"}).status_code == 401
+    assert p.http.get("/v1/its/history", params={"key": KEY}).status_code == 401  # data wants the header
+    assert p.http.get("/dashboard/static/dashboard.js").status_code == 200  # public code, no data
+
+
+def test_buckets_are_bounded_and_tiers_chosen_by_range():
+    from itsproxy.proxy.telemetry.history import TIERS, History
+    from tests.observability_helpers import make_report
+    now = [1_700_000_000.0]
+    h = History(clock=lambda: now[0])
+    for _ in range(3 * 24 * 60):  # three days, one request a minute
+        h.record(make_report("bounded"))
+        now[0] += 60
+    for tier in TIERS:
+        kept = h._tiers[tier.step_s]
+        assert len(kept) <= tier.keep_s // tier.step_s + 2
+        assert min(kept) >= (now[0] - 60) - tier.keep_s - 2 * tier.step_s  # as of the last record
+    import asyncio
+    day = asyncio.run(h.query(now[0] - 86400))
+    assert day["step_s"] == 60 and day["total"]["totals"]["requests"] >= 24 * 60 - 1
+    hour = asyncio.run(h.query(now[0] - 900))
+    assert hour["step_s"] == 10 and hour["total"]["totals"]["requests"] == 15
