@@ -12,12 +12,14 @@ from itsproxy.proxy.config import Config, Route
 from itsproxy.proxy.errors import ApiError
 from itsproxy.proxy.metering.budgets import Reservation, build_budgets, key_id
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
+from itsproxy.proxy.metering.spend import extra_cost, saved_cost
 from itsproxy.proxy.outcome import Outcome, new_id
 from itsproxy.proxy.routing import Router
 from itsproxy.proxy.storage.redis_state import RedisSearchStores, RedisState
 from itsproxy.proxy.storage.search_store import SearchStores
 from itsproxy.proxy.telemetry import metrics
 from itsproxy.proxy.telemetry.access_log import access_line
+from itsproxy.proxy.telemetry.history import History
 from itsproxy.proxy.telemetry.traces import build_trace_hook
 from itsproxy.proxy.upstream.pool import Upstream
 
@@ -41,6 +43,8 @@ class Services:
         self.redis = RedisState(state, timeout) if state.backend == "redis" else None
         if config.server.access_log:
             self.hooks.append(access_line)
+        self.history = History(self.redis.history_sink() if self.redis is not None else None)
+        self.hooks.append(self.history.hook)
         # augment_search state (opened lazily) and budgets: Redis when shared, else SQLite files
         self.search_stores: SearchStores | RedisSearchStores = (
             self.redis.search_stores() if self.redis is not None else SearchStores.from_config(config))
@@ -54,11 +58,14 @@ class Services:
                                duration_s=time.monotonic() - ex.started, calls=list(ledger.calls),
                                passthrough=bool(route and route.passthrough),
                                id=outcome.id if outcome is not None else ex.id,
-                               key_id=key_id(ex.key) if ex.key else None)
+                               key_id=key_id(ex.key) if ex.key else None,
+                               ttft_s=None if ex.first_token_at is None else ex.first_token_at - ex.started)
         total = ledger.total()
         if outcome is not None:
             sel = outcome.selection
             report.selected = outcome.selected_tokens()
+            report.extra_cost_usd = extra_cost(ledger.calls, report.selected,
+                                               self.upstream.prices.get(outcome.winner.sample.model))
             report.candidates = len(sel.candidates)
             report.agreement = sel.agreement
             report.verified = sel.verified
@@ -67,11 +74,14 @@ class Services:
             if sel.stop is not None:
                 report.candidates_saved = sel.stop.saved
                 report.tokens_saved_estimate = sel.stop.tokens_saved_estimate
+                report.saved_cost_usd_estimate = saved_cost(ledger.calls, sel.stop.drawn, sel.stop.saved)
         elif report.passthrough:
             report.selected = total
             report.candidates = sum(c.choices for c in ledger.calls)
-        elif ex.error is not None and ex.error.code == "unverified":
-            report.verified = False
+        else:
+            report.extra_cost_usd = extra_cost(ledger.calls, report.selected, None)  # no answer: all extra
+            if ex.error is not None and ex.error.code == "unverified":
+                report.verified = False
         report.extra_tokens = total.total_tokens - report.selected.total_tokens
         return report
 
@@ -123,6 +133,12 @@ class Exchange:
     settled: bool = False
     reservation: Reservation | None = None  # tokens held in the key's budget until settled
     id: str = field(default_factory=lambda: new_id("req")[0])
+    first_token_at: float | None = None  # monotonic; streams: when the answer's first byte left
+
+    def first_token(self) -> None:
+        """Mark the answer's first byte leaving (the first call wins): time to first token."""
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
 
     async def admit(self, route: Route, max_tokens: int) -> None:
         """Route it and reserve its maximum (`max_tokens`, all candidates) in the key's budget."""

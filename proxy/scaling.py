@@ -290,6 +290,7 @@ class Scaling:
                 if not done:
                     yield KEEPALIVE
             ex.outcome = task.result()
+            ex.first_token()  # time to first token: the answer's first byte leaves now
             for part in render.answer(ex.outcome):
                 yield part
         except ApiError as err:
@@ -325,6 +326,7 @@ class Scaling:
             chunk = first
             while chunk is not None:
                 for part in relay.feed(chunk):
+                    ex.first_token()  # the first relayed byte: time to first token
                     yield part
                 async with asyncio.timeout_at(deadline):  # around the upstream's wait only, never a yield
                     chunk = await _first(chunks)

@@ -25,6 +25,8 @@ from starlette.routing import Mount, Route
 from itsproxy.proxy import serving
 from itsproxy.proxy.metering.ledger import CallRecord, RequestReport, Tokens
 from itsproxy.proxy.telemetry import dashboard
+from itsproxy.proxy.telemetry.history import History
+from itsproxy.proxy.telemetry.spend_view import history_endpoint
 
 WAIT_S = 30.0  # upper bound for every wait on an external process
 
@@ -49,25 +51,31 @@ def make_report(route: str, *, seed: int = 0, status: int = 200, duration_s: flo
         route=route, status=status, duration_s=duration_s, calls=calls, selected=selected,
         extra_tokens=spent - selected.total_tokens, candidates=3, agreement=agreement,
         verified=verified, judge_checker_disagreements=seed % 2, candidates_saved=5,
-        tokens_saved_estimate=250 + k)
+        tokens_saved_estimate=250 + k, extra_cost_usd=0.0004 * k, saved_cost_usd_estimate=0.001 * k,
+        ttft_s=duration_s / 3 if seed % 2 else None)
 
 
-def build_app(on_stats: Callable[[], None] | None = None, api_key: str | None = None) -> Starlette:
-    """The endpoints as the proxy mounts them; `on_stats` runs before each stats answer.
+def build_app(on_stats: Callable[[], None] | None = None, api_key: str | None = None,
+              history: History | None = None) -> Starlette:
+    """The endpoints as the proxy mounts them; `on_stats` runs before each stats or history answer.
 
-    With `api_key`, the stats JSON wants `Authorization: Bearer <key>` (like the proxy's auth).
+    With `api_key`, the JSON endpoints want `Authorization: Bearer <key>` (like the proxy's auth).
     """
+    history_json = history_endpoint(history or History(), None, [])
 
-    async def stats(request):
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
-            return JSONResponse({"error": {"message": "invalid API key"}}, status_code=401)
-        if on_stats is not None:
-            on_stats()  # lets a test add traffic between two dashboard polls
-        return await dashboard.stats_endpoint(request)
+    def guarded(endpoint):
+        async def answer(request):
+            if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+                return JSONResponse({"error": {"message": "invalid API key"}}, status_code=401)
+            if on_stats is not None:
+                on_stats()  # lets a test add traffic between two dashboard polls
+            return await endpoint(request)
+        return answer
 
     return Starlette(routes=[
         Route("/dashboard", dashboard.dashboard_page),
-        Route("/v1/its/stats", stats),
+        Route("/v1/its/stats", guarded(dashboard.stats_endpoint)),
+        Route("/v1/its/history", guarded(history_json)),
         Route("/metrics", dashboard.metrics_endpoint),
         Mount("/dashboard/static", app=dashboard.static_app),
     ])
@@ -83,7 +91,7 @@ def stats_front(target_url: str, before_stats: Callable[[], None]) -> Starlette:
     """
 
     async def forward(request):
-        if request.url.path == "/v1/its/stats":
+        if request.url.path in ("/v1/its/stats", "/v1/its/history"):
             await run_in_threadpool(before_stats)
         headers = {k: v for k, v in request.headers.items() if k in ("authorization", "accept")}
         async with httpx.AsyncClient(base_url=target_url, timeout=WAIT_S) as client:

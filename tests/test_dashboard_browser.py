@@ -1,6 +1,7 @@
-"""The dashboard page in a real headless Chromium: it polls, draws charts with data, reports errors.
+"""The dashboard page in a real headless Chromium: it polls the history, draws charts with data,
+reports errors.
 
-Chromium runs with a virtual-time budget: its timers (the 2 s poll) run fast while network
+Chromium runs with a virtual-time budget: its timers (the 5 s poll) run fast while network
 fetches to our loopback server are real, so a few polls take about a second of wall time.
 """
 
@@ -20,13 +21,13 @@ try:
 except ImportError:
     import observability_helpers as obs
 
-from itsproxy.proxy.telemetry import metrics
+from itsproxy.proxy.telemetry.history import History
 
 pytestmark = pytest.mark.slow  # a real headless Chromium
 
 CHROMIUM = "/usr/bin/chromium"
-CHARTS = ("requests", "tokens", "latency", "agreement")
-TILES = ("rps", "tps", "extra", "cost", "verified", "latency", "saved")
+CHARTS = ("requests", "tokens", "dollars", "latency")
+TILES = ("requests", "errors", "tokens", "cost", "extra", "saved", "latency", "ttft")
 
 
 def chromium(binary: str, url: str, tmp: Path, *mode: str, budget_ms: int = 8000) -> str:
@@ -84,16 +85,17 @@ def live_server():
     """Some traffic up front, and more on every poll, so rates between polls are non-zero."""
     route = obs.unique_route("browser")
     seeds = itertools.count()
+    history = History()
 
     def feed():
         for _ in range(2):
             seed = next(seeds)
-            metrics.observe(obs.make_report(route, seed=seed, duration_s=0.2 + 0.1 * (seed % 7),
-                                            agreement=(0.5, 0.75, 1.0)[seed % 3], verified=seed % 4 != 0))
+            history.record(obs.make_report(route, seed=seed, duration_s=0.2 + 0.1 * (seed % 7),
+                                           status=(200, 200, 200, 502, 429)[seed % 5]))
 
     for _ in range(3):
         feed()
-    with obs.LoopbackServer(obs.build_app(on_stats=feed)) as server:
+    with obs.LoopbackServer(obs.build_app(on_stats=feed, history=history)) as server:
         yield server
 
 
@@ -108,7 +110,7 @@ def test_dashboard_polls_and_draws_charts(browser, live_server, tmp_path):
     for tile in TILES:
         value = tile_value(dom, tile)
         assert value and value != "—", f"tile {tile} is empty: {value!r}"
-    assert tile_value(dom, "rps") != "0/s"
+    assert tile_value(dom, "errors") != "0"
     shown, _ = banner(dom)
     assert not shown, "no error banner when polling works"
     assert live_server.port and "<td>all routes</td>" in dom

@@ -98,3 +98,34 @@ def test_prometheus_and_compose_config():
     assert "ITS_API_KEY" in proxy["environment"]
     assert any(v.split(":")[1] == "/app/config.yaml" for v in proxy["volumes"])
     assert "4100:4100" in proxy["ports"]
+
+
+COUNTER_SERIES = re.compile(r"\b(its_[a-zA-Z0-9_]+?(?:_total|_bucket|_sum|_count))\b(\{[^}]*\})?")
+WRAPPED = re.compile(r"(?:rate|increase)\(\s*$")
+
+
+def bare_counters(expr: str) -> list[str]:
+    """Counter (and histogram) series read raw: not the argument of rate()/increase() with a [range]."""
+    bare = []
+    for m in COUNTER_SERIES.finditer(expr):
+        wrapped = WRAPPED.search(expr[: m.start()]) and re.match(r"\s*\[[^\]]+\]\s*\)", expr[m.end():])
+        if not wrapped:
+            bare.append(m.group(0))
+    return bare
+
+
+def test_every_counter_is_read_through_rate_or_increase(dashboard):
+    """A raw counter resets to 0 when the proxy restarts (and differs per replica): panels must
+    show rates or increases over a window, never the counter itself."""
+    exprs = [t["expr"] for p in all_panels(dashboard["panels"]) for t in p.get("targets", []) if t.get("expr")]
+    offenders = {e: bare_counters(e) for e in exprs if bare_counters(e)}
+    assert not offenders, offenders
+    assert bare_counters("sum(its_requests_total)") and bare_counters("rate(its_cost_usd_total[5m]) + its_x_total")
+    assert not bare_counters('sum(increase(its_requests_total{route=~"$route"}[$__range]))')
+
+
+def test_panels_for_the_operator_metrics(dashboard):
+    exprs = " ".join(t["expr"] for p in all_panels(dashboard["panels"]) for t in p.get("targets", []))
+    for name in ("its_time_to_first_token_seconds_bucket", "its_extra_cost_usd_total",
+                 "its_cost_saved_estimate_usd_total", "its_state_errors_total", 'status=~"4..|5.."'):
+        assert name in exprs, name

@@ -23,6 +23,7 @@ from itsproxy.proxy.http.responses import ResponsesSurface
 from itsproxy.proxy.runtime import Services
 from itsproxy.proxy.scaling import Scaling, Surface
 from itsproxy.proxy.telemetry import access_log, dashboard, metrics
+from itsproxy.proxy.telemetry.spend_view import budget_endpoint, history_endpoint
 
 log = logging.getLogger("itsproxy")
 CONFIG_ENV = "ITSPROXY_CONFIG"
@@ -107,6 +108,9 @@ def create_app(config: Config) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", dashboard.metrics_endpoint, methods=["GET"]),
         Route("/v1/its/stats", dashboard.stats_endpoint, methods=["GET"]),
+        Route("/v1/its/history", history_endpoint(services.history, services.budgets, config.server.api_keys),
+              methods=["GET"]),
+        Route("/v1/its/budget", budget_endpoint(services.budgets), methods=["GET"]),
         Route("/dashboard", dashboard.dashboard_page, methods=["GET"]),
         Mount("/dashboard/static", app=dashboard.static_app),
     ]

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hmac
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.datastructures import Headers
 
@@ -28,6 +29,15 @@ def client_key(headers: Headers) -> str | None:
     return cred or None
 
 
+def page_key(scope: Any) -> str | None:
+    """`/dashboard?key=…`: the page (HTML only, no data) may be opened with the key in its URL;
+    the page then sends the key as a header on its own requests."""
+    if scope["path"] != "/dashboard":
+        return None
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key")
+    return values[0] if values else None
+
+
 class AuthMiddleware:
     """Bearer keys on /v1/*, /chat/*, /dashboard (and /metrics if protected); /health stays open."""
 
@@ -37,6 +47,8 @@ class AuthMiddleware:
         self.protect_metrics = protect_metrics
 
     def guarded(self, path: str) -> bool:
+        if path.startswith("/dashboard/static/"):  # the page's own script and styles: public, no data
+            return False
         if path.startswith(("/v1/", "/chat/", "/models", "/dashboard")):
             return True
         return self.protect_metrics and path.startswith("/metrics")
@@ -51,7 +63,7 @@ class AuthMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not self.keys or not self.guarded(scope["path"]):
             return await self.app(scope, receive, send)
-        if self.allowed(client_key(Headers(scope=scope))):
+        if self.allowed(client_key(Headers(scope=scope))) or self.allowed(page_key(scope)):
             return await self.app(scope, receive, send)
         headers = {"www-authenticate": 'Basic realm="itsproxy"'} if scope["path"].startswith("/dashboard") else {}
         err = ApiError(401, "Incorrect API key provided", code="invalid_api_key", headers=headers)

@@ -68,6 +68,10 @@ class BudgetStore(abc.ABC):
     async def settle(self, key_id: str, day: str, reserved: int, tokens: int, nano_usd: int) -> None:
         """Release `reserved` and add what was spent."""
 
+    @abc.abstractmethod
+    async def day_usage(self, day: str) -> dict[str, Usage]:
+        """Every key id with spend or reservations on `day` (read-only: the dashboard's keys table)."""
+
     async def verify(self) -> None:
         """Raise StateError when the store is unusable (at startup, with the file or URL named)."""
         return None
@@ -92,6 +96,9 @@ class MemoryBudgetStore(BudgetStore):
     async def usage(self, key_id: str, day: str) -> Usage:
         return self.rows.get((key_id, day), Usage())
 
+    async def day_usage(self, day: str) -> dict[str, Usage]:
+        return {k: u for (k, d), u in self.rows.items() if d == day}
+
     async def reserve(self, key_id: str, day: str, tokens: int, limits: Limits) -> tuple[bool, Usage]:
         u = self.rows.get((key_id, day), Usage())
         if not limits.has_room(u):
@@ -110,6 +117,7 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS spend (
     reserved INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, day))"""
 SELECT = "SELECT tokens, cost_nusd, reserved FROM spend WHERE key_id = ? AND day = ?"
+SELECT_DAY = "SELECT key_id, tokens, cost_nusd, reserved FROM spend WHERE day = ? ORDER BY key_id"
 UPSERT = """INSERT INTO spend (key_id, day, tokens, cost_nusd, reserved) VALUES (?, ?, ?, ?, ?)
     ON CONFLICT (key_id, day) DO UPDATE SET tokens = tokens + excluded.tokens,
     cost_nusd = cost_nusd + excluded.cost_nusd, reserved = reserved + excluded.reserved"""
@@ -165,6 +173,11 @@ class SqliteBudgetStore(BudgetStore):
         def q(conn: sqlite3.Connection) -> Usage:
             row = conn.execute(SELECT, (key_id, day)).fetchone()
             return Usage(*row) if row else Usage()
+        return await asyncio.to_thread(self._run, q)
+
+    async def day_usage(self, day: str) -> dict[str, Usage]:
+        def q(conn: sqlite3.Connection) -> dict[str, Usage]:
+            return {row[0]: Usage(*row[1:]) for row in conn.execute(SELECT_DAY, (day,))}
         return await asyncio.to_thread(self._run, q)
 
     async def reserve(self, key_id: str, day: str, tokens: int, limits: Limits) -> tuple[bool, Usage]:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from itsproxy.proxy.config.budgets import BudgetConfig, BudgetLimits, key_id, parse_budgets
 from itsproxy.proxy.errors import ApiError
@@ -200,6 +200,39 @@ class Budgets:
         """Add spend that had no reservation. An unknown cost (None) adds 0 USD: only tokens count."""
         day, _ = self._day()
         await self.settle(Reservation(self.key_id(key), day, 0), tokens, cost_usd)
+
+    async def status(self, key: str | None) -> dict[str, Any]:
+        """Today's budget of one key, for `GET /v1/its/budget` and the dashboard (read-only).
+        Raises StateError when the store cannot answer."""
+        day, now = self._day()
+        kid = self.key_id(key)
+        usage = await self._ask(lambda: self.store.usage(kid, day))
+        return self._status(kid, self.limits(key), usage, now)
+
+    async def day_status(self, known: list[str]) -> list[dict[str, Any]]:
+        """Today's budget of every key id that spent today, plus the `known` ids (configured keys)."""
+        day, now = self._day()
+        rows = await self._ask(lambda: self.store.day_usage(day))
+        ids = sorted(set(rows) | set(known))
+        return [self._status(k, self.config.overrides.get(k, self.config.default), rows.get(k, Usage()), now)
+                for k in ids]
+
+    def _status(self, kid: str, limits: BudgetLimits, u: Usage, now: datetime) -> dict[str, Any]:
+        resets = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+        cost = round(u.nano_usd / NANO, 9)
+        tokens_limit, usd_limit = limits.tokens_per_day, limits.cost_usd_per_day
+        unlimited = tokens_limit is None and usd_limit is None
+        return {
+            "key": kid,  # the key's SHA-256 prefix, never the key
+            "unlimited": unlimited,
+            "limit": {"tokens": tokens_limit, "cost_usd": usd_limit},
+            "spent": {"tokens": u.spent_tokens, "cost_usd": cost},
+            "reserved": {"tokens": u.reserved},
+            "remaining": None if unlimited else {
+                "tokens": None if tokens_limit is None else max(0, tokens_limit - u.tokens),
+                "cost_usd": None if usd_limit is None else max(0.0, round(usd_limit - cost, 9))},
+            "resets_at": resets.isoformat().replace("+00:00", "Z"),
+        }
 
     async def verify(self) -> None:
         await self.store.verify()

@@ -136,3 +136,6 @@ class RequestReport:
     id: str = ""  # the response id (or the exchange's own, when there is no answer)
     key_id: str | None = None  # the client key's SHA-256 prefix (never the key), None without one
     degraded: bool = False  # fewer candidates compared than requested (its.degraded)
+    extra_cost_usd: float = 0.0  # priced spend beyond one plain call for the selected answer (metering/spend.py)
+    saved_cost_usd_estimate: float = 0.0  # adaptive stopping: undrawn candidates x the drawn ones' mean cost
+    ttft_s: float | None = None  # streams: arrival to the answer's first byte leaving

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from itsproxy.proxy.config.server import StateConfig
 from itsproxy.proxy.metering.budget_stores import BudgetStore, Limits, StateError, Usage
+from itsproxy.proxy.storage.history_redis import RedisHistory
 from itsproxy.proxy.storage.search_store import AUGMENT_PULLS, AUGMENT_REWARD
 from itsproxy.proxy.telemetry.metrics import STATE_ERRORS
 from itsproxy.strategies.search.strings import ArmStats, arm_hash
@@ -67,6 +68,7 @@ class RedisState:
         self.client = aioredis.Redis.from_url(config.url, socket_timeout=timeout_s,
                                               socket_connect_timeout=timeout_s, decode_responses=True)
         self._reserve = self.client.register_script(RESERVE)
+        self._history: RedisHistory | None = None
 
     async def call(self, store: str, op: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -80,7 +82,14 @@ class RedisState:
     def search_stores(self) -> RedisSearchStores:
         return RedisSearchStores(self)
 
+    def history_sink(self) -> RedisHistory:
+        if self._history is None:
+            self._history = RedisHistory(self.client, self.prefix, self.url)
+        return self._history
+
     async def aclose(self) -> None:
+        if self._history is not None:
+            await self._history.aclose()
         await self.client.aclose()
 
 
@@ -95,6 +104,19 @@ class RedisBudgetStore(BudgetStore):
         key = self._key(key_id, day)
         t, n, r = await self.state.call(self.name, lambda: self.state.client.hmget(key, "tokens", "nano", "reserved"))
         return Usage(int(t or 0), int(n or 0), int(r or 0))
+
+    async def day_usage(self, day: str) -> dict[str, Usage]:
+        prefix = self._key("", day)
+
+        async def scan() -> dict[str, Usage]:
+            keys = [k async for k in self.state.client.scan_iter(match=f"{prefix}*", count=500)]
+            async with self.state.client.pipeline(transaction=False) as pipe:
+                for k in keys:
+                    pipe.hmget(k, "tokens", "nano", "reserved")
+                rows = await pipe.execute()
+            return {k[len(prefix):]: Usage(int(t or 0), int(n or 0), int(r or 0))
+                    for k, (t, n, r) in zip(keys, rows, strict=True)}
+        return await self.state.call(self.name, scan)
 
     async def reserve(self, key_id: str, day: str, tokens: int, limits: Limits) -> tuple[bool, Usage]:
         args = [tokens, -1 if limits.tokens is None else limits.tokens,

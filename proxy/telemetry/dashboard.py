@@ -2,6 +2,7 @@
 
 The lead mounts them (and handles auth):
     Route("/dashboard", dashboard_page), Route("/v1/its/stats", stats_endpoint),
+    Route("/v1/its/history", spend_view.history_endpoint(...)),
     Route("/metrics", metrics_endpoint), Mount("/dashboard/static", app=static_app)
 
 The page is self-contained: its chart library (uPlot) is vendored under static/vendor,
@@ -23,6 +24,7 @@ from itsproxy.proxy.telemetry.stats import stats_snapshot
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_PREFIX = "/dashboard/static"
 STATS_PATH = "/v1/its/stats"
+HISTORY_PATH = "/v1/its/history"
 NO_STORE = {"Cache-Control": "no-store"}
 
 static_app = StaticFiles(directory=STATIC_DIR)
@@ -41,11 +43,11 @@ def _page(root: str) -> str:
     js = "".join(f'<script src="{_asset_url(root, a)}" defer></script>' for a in _ASSETS if a.endswith(".js"))
     template = (STATIC_DIR / "dashboard.html").read_text(encoding="utf-8")
     return (template.replace("{{CSS}}", css).replace("{{JS}}", js)
-            .replace("{{STATS_URL}}", html.escape(root + STATS_PATH)))
+            .replace("{{ROOT}}", html.escape(root)))
 
 
 async def dashboard_page(request: Request) -> HTMLResponse:
-    """GET /dashboard: the page; it polls the stats JSON itself."""
+    """GET /dashboard: the page; it polls the history (and stats) JSON itself."""
     # root_path keeps the page working when the proxy is served under a path prefix.
     return HTMLResponse(_page(request.scope.get("root_path", "")), headers=NO_STORE)
 

@@ -86,6 +86,15 @@ CANDIDATES_SAVED = Counter(
 STATE_ERRORS = Counter(
     "its_state_errors_total", "Shared-state operations that failed or were skipped while a store was down "
     "(the on_state_error policy answered instead).", ["store"], registry=REGISTRY)
+TTFT = Histogram(
+    "its_time_to_first_token_seconds", "Streams: arrival to the answer's first byte leaving the proxy.",
+    ["route"], buckets=DURATION_BUCKETS, registry=REGISTRY)
+EXTRA_COST = Counter(
+    "its_extra_cost_usd_total", "USD spent beyond one plain call for the selected answer (priced calls only).",
+    ["route"], registry=REGISTRY)
+COST_SAVED = Counter(
+    "its_cost_saved_estimate_usd_total", "Estimated USD not spent thanks to adaptive stopping.",
+    ["route"], registry=REGISTRY)
 TOKENS_SAVED = Counter(
     "its_tokens_saved_estimate_total", "Estimated tokens not spent thanks to adaptive stopping.",
     ["route"], registry=REGISTRY)
@@ -151,6 +160,10 @@ def _observe(r: RequestReport) -> None:
     _child(CANDIDATES_SAVED, route).inc(_nonneg(r.candidates_saved))
     _child(TOKENS_SAVED, route).inc(_nonneg(r.tokens_saved_estimate))
     _child(DEGRADED, route).inc(1 if r.degraded else 0)
+    _child(EXTRA_COST, route).inc(_nonneg(r.extra_cost_usd))
+    _child(COST_SAVED, route).inc(_nonneg(r.saved_cost_usd_estimate))
+    if r.ttft_s is not None:
+        _child(TTFT, route).observe(max(0.0, r.ttft_s))
 
 
 def _observe_call(route: str, call) -> None:

@@ -1,292 +1,198 @@
-/* itsproxy live dashboard.
- * Polls the stats JSON (cumulative counters) every 2 s, keeps ~10 min of snapshots and derives
- * rates and windowed latency quantiles from the deltas, as Prometheus' rate() would.
+/* itsproxy dashboard.
+ * Polls GET /v1/its/history?range=… (server-side buckets: survives a reload of the page, and with
+ * Redis a restart of the proxy) and draws it; nothing is accumulated in the page.
+ * Request URLs are built from location.origin (never from a URL carrying user:key@, which fetch()
+ * refuses); the key goes in an Authorization header (from ?key=, the key box, or the page URL).
  * Test hooks: body[data-polls], body[data-poll-errors], .chart[data-series-points]. */
 (() => {
   'use strict';
-  const POLL_MS = 2000;
-  const HISTORY_S = 600;       // rolling window kept and drawn
-  const RECENT_S = 30;         // window for tiles and latency quantiles
-  const ALL = '__all__';
+  const POLL_MS = 5000;
   const KEY_STORE = 'itsproxy.apiKey';
-  const COLORS = { req: '#2563eb', sel: '#2563eb', extra: '#f59e0b', p50: '#0f766e', p95: '#c2410c', bar: '#7c3aed' };
-
+  const C = { req: '#2563eb', c4: '#f59e0b', c5: '#b42318', c499: '#7c3aed', prompt: '#0f766e', compl: '#2563eb',
+              extra: '#f59e0b', saved: '#16a34a', cost: '#1b2430', p50: '#0f766e', p95: '#c2410c', t50: '#7c3aed', t95: '#db2777' };
   const $ = (sel) => document.querySelector(sel);
-  const statsUrl = document.body.dataset.statsUrl || '/v1/its/stats';
-  const history = [];          // [{t: server unix seconds, snap}]
+  const root = document.body.dataset.root || '';
   const charts = {};
-  let route = ALL, polls = 0, errors = 0;
+  const RANGES = ['15m', '1h', '6h', '24h'];
+  const asked = new URLSearchParams(location.search).get('range');
+  let range = RANGES.includes(asked) ? asked : '1h', polls = 0, errors = 0;
 
   // ---------- formatting ----------
   const dash = '—';
   const ok = (x) => x !== null && x !== undefined && Number.isFinite(x);
-  function fmtNum(x, digits = 3) {
+  function fmtNum(x) {
     if (!ok(x)) return dash;
     const a = Math.abs(x);
-    if (a >= 1e9) return (x / 1e9).toPrecision(digits) + 'B';
-    if (a >= 1e6) return (x / 1e6).toPrecision(digits) + 'M';
-    if (a >= 1e4) return (x / 1e3).toPrecision(digits) + 'k';
+    if (a >= 1e6) return (x / 1e6).toPrecision(3) + 'M';
+    if (a >= 1e4) return (x / 1e3).toPrecision(3) + 'k';
     if (a >= 100 || Number.isInteger(x)) return Math.round(x).toLocaleString('en-US');
-    if (a >= 10) return x.toFixed(1);
-    return a === 0 ? '0' : x.toFixed(2);
+    return a === 0 ? '0' : x.toFixed(a >= 10 ? 1 : 2);
   }
   function fmtSec(s) {
     if (!ok(s)) return dash;
-    if (s === 0) return '0';
-    // No-break spaces: a narrow tile may wrap between two durations, never inside one.
     if (s < 0.01) return (s * 1000).toFixed(1) + '\u00a0ms';
     if (s < 1) return Math.round(s * 1000) + '\u00a0ms';
-    if (s < 60) return s.toFixed(2) + '\u00a0s';
-    return (s / 60).toFixed(1) + '\u00a0min';
+    return s < 60 ? s.toFixed(2) + '\u00a0s' : (s / 60).toFixed(1) + '\u00a0min';
   }
   function fmtUsd(x) {
     if (!ok(x)) return dash;
-    if (x === 0) return '$0.00';
-    if (x < 0.01) return '$' + x.toPrecision(3);
-    if (x < 100) return '$' + x.toFixed(x < 1 ? 4 : 2);
-    return '$' + Math.round(x).toLocaleString('en-US');
+    if (x === 0) return '$0';
+    if (Math.abs(x) < 0.01) return '$' + x.toPrecision(2);
+    return '$' + x.toFixed(Math.abs(x) < 100 ? 2 : 0);
   }
-  const fmtPct = (x) => (ok(x) ? (x * 100).toFixed(1) + '%' : dash);
+  const pct = (a, b) => (b > 0 ? ` (${Math.round((a / b) * 100)}%)` : '');
 
-  // ---------- data ----------
-  const view = (snap) => (snap ? (route === ALL ? snap.total : snap.routes[route]) || null : null);
-
-  // Prometheus' histogram_quantile: linear interpolation inside the bucket holding the rank.
-  function quantile(q, les, cumulative, count) {
-    if (!(count > 0)) return null;
-    const rank = q * count;
-    for (let i = 0; i < les.length; i++) {
-      if (cumulative[i] >= rank) {
-        const lower = i === 0 ? 0 : les[i - 1], below = i === 0 ? 0 : cumulative[i - 1];
-        const n = cumulative[i] - below;
-        return n > 0 ? lower + (les[i] - lower) * (rank - below) / n : les[i];
-      }
-    }
-    return les.length ? les[les.length - 1] : null;  // rank in +Inf: highest finite bound
+  // ---------- auth and URLs ----------
+  function pageKey() {
+    const q = new URLSearchParams(location.search).get('key');
+    if (q) return q;
+    try { const u = new URL(location.href); if (u.password) return decodeURIComponent(u.password); } catch (e) { /* no key in the URL */ }
+    return localStorage.getItem(KEY_STORE) || '';
   }
-
-  // Latency quantile of the requests that finished between two snapshots.
-  function windowQuantile(q, a, b) {
-    if (!a || !b) return null;
-    const lb = b.latency_s.buckets, la = a.latency_s.buckets;
-    const byLe = new Map(la.le.map((le, i) => [le, la.cumulative[i]]));
-    const cum = lb.le.map((le, i) => lb.cumulative[i] - (byLe.get(le) || 0));
-    const count = b.latency_s.count - a.latency_s.count;
-    return cum.some((c) => c < 0) ? null : quantile(q, lb.le, cum, count);
-  }
-
-  // A per-second rate; null across a counter reset (the proxy restarted).
-  function rate(a, b, get, dt) {
-    if (!a || !b || !(dt > 0)) return null;
-    const d = get(b) - get(a);
-    return d < 0 ? null : d / dt;
-  }
-
-  // Index of the newest snapshot at least `seconds` older than history[i] (else the oldest).
-  function baseIndex(i, seconds) {
-    let j = 0;
-    for (let k = i - 1; k >= 0; k--) if (history[i].t - history[k].t >= seconds) { j = k; break; }
-    return j;
-  }
-
-  function buildSeries() {
-    const s = { t: [], rps: [], sel: [], extra: [], stack: [], p50: [], p95: [] };
-    for (let i = 1; i < history.length; i++) {
-      const a = view(history[i - 1].snap), b = view(history[i].snap);
-      const dt = history[i].t - history[i - 1].t;
-      const w = view(history[baseIndex(i, RECENT_S)].snap);
-      const sel = rate(a, b, (v) => v.tokens.selected, dt), extra = rate(a, b, (v) => v.tokens.extra, dt);
-      s.t.push(history[i].t);
-      s.rps.push(rate(a, b, (v) => v.requests, dt));
-      s.sel.push(sel);
-      s.extra.push(extra);
-      s.stack.push(ok(sel) && ok(extra) ? sel + extra : null);
-      s.p50.push(windowQuantile(0.5, w, b));
-      s.p95.push(windowQuantile(0.95, w, b));
-    }
-    return s;
-  }
+  let key = pageKey();
+  const api = (path, params) => {
+    const url = new URL(root + path, location.origin);  // origin never carries user:key@
+    for (const [k, v] of Object.entries(params || {})) url.searchParams.set(k, v);
+    return url.toString();
+  };
 
   // ---------- charts ----------
-  const axisFmt = (fmt) => (u, splits) => splits.map((v) => fmt(v));
-  function timeChart(id, series, axisValues) {
-    const el = document.getElementById(id);
+  function timeChart(id, series, fmt) {
+    const el = document.getElementById('chart-' + id);
     const opts = {
-      width: el.clientWidth || 480, height: 220,
-      cursor: { drag: { x: false, y: false } },
+      width: el.clientWidth || 480, height: 220, cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
-      axes: [{}, { values: axisFmt(axisValues), size: 60 }],
-      series: [{}].concat(series),
+      axes: [{}, { values: (u, splits) => splits.map(fmt), size: 64 }],
+      series: [{}].concat(series.map(([label, stroke, extra]) => ({ label, stroke, width: 2, value: (u, v) => fmt(v), ...extra }))),
     };
-    return new uPlot(opts, [[], ...series.map(() => [])], el);
-  }
-
-  function agreementChart(id) {
-    const el = document.getElementById(id);
-    const opts = {
-      width: el.clientWidth || 480, height: 220,
-      cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: false, range: [0, 1] }, y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
-      axes: [{ values: axisFmt((v) => Math.round(v * 100) + '%'), label: "winner's vote share" },
-             { values: axisFmt((v) => fmtNum(v)), size: 50, label: 'requests' }],
-      series: [{ label: 'vote share', value: (u, v) => (ok(v) ? `${Math.round((v - 0.05) * 100)}–${Math.round((v + 0.05) * 100)}%` : dash) },
-               { label: 'requests', stroke: COLORS.bar, fill: COLORS.bar + 'aa', width: 1,
-                 paths: uPlot.paths.bars({ size: [0.85, Infinity] }), points: { show: false } }],
-    };
-    return new uPlot(opts, [[], []], el);
+    charts[id] = new uPlot(opts, [[], ...series.map(() => [])], el);
   }
 
   function makeCharts() {
-    if (typeof uPlot === 'undefined') return;  // vendored script missing: tiles and table still work
-    const line = (label, stroke, extra = {}) => ({ label, stroke, width: 2, spanGaps: false, ...extra });
-    const rawLegend = (name) => (u, v, si, i) => (i == null ? dash : fmtNum(charts.series[name][i]) + '/s');
-    charts.requests = timeChart('chart-requests', [line('requests/s', COLORS.req, { fill: COLORS.req + '22' })],
-      (v) => fmtNum(v));
-    // uPlot does not stack: draw selected+extra filled first, then selected on top of it.
-    charts.tokens = timeChart('chart-tokens', [
-      line('extra tokens/s', COLORS.extra, { fill: COLORS.extra + '99', value: rawLegend('extra') }),
-      line('selected tokens/s', COLORS.sel, { fill: COLORS.sel + '99', value: rawLegend('sel') }),
-    ], (v) => fmtNum(v));
-    charts.latency = timeChart('chart-latency', [
-      line('p50', COLORS.p50, { value: (u, v) => fmtSec(v) }),
-      line('p95', COLORS.p95, { value: (u, v) => fmtSec(v) }),
-    ], fmtSec);
-    charts.agreement = agreementChart('chart-agreement');
+    if (typeof uPlot === 'undefined') return;  // vendored script missing: tiles and tables still work
+    const fill = (c) => ({ fill: c + '22' });
+    timeChart('requests', [['requests', C.req, fill(C.req)], ['4xx', C.c4], ['5xx', C.c5], ['499 left', C.c499]], fmtNum);
+    timeChart('tokens', [['prompt', C.prompt], ['completion', C.compl], ['extra', C.extra, fill(C.extra)],
+      ['saved (est.)', C.saved, { dash: [6, 4] }]], fmtNum);
+    timeChart('dollars', [['cost', C.cost], ['extra candidates', C.extra, fill(C.extra)],
+      ['saved (est.)', C.saved, { dash: [6, 4] }]], fmtUsd);
+    // Quantiles exist only in buckets with requests: points, so a lone bucket still shows.
+    const dots = (extra) => ({ points: { show: true, size: 6 }, ...extra });
+    timeChart('latency', [['p50', C.p50, dots()], ['p95', C.p95, dots()], ['TTFT p50', C.t50, dots({ dash: [6, 4] })],
+      ['TTFT p95', C.t95, dots({ dash: [6, 4] })]], fmtSec);
     const ro = new ResizeObserver(() => {
-      for (const [id, c] of Object.entries(charts)) {
-        if (c && c.setSize) c.setSize({ width: document.getElementById('chart-' + id).clientWidth, height: 220 });
-      }
+      for (const [id, c] of Object.entries(charts)) c.setSize({ width: document.getElementById('chart-' + id).clientWidth, height: 220 });
     });
     document.querySelectorAll('.chart').forEach((el) => ro.observe(el));
   }
 
-  const pointsWithData = (cols) => cols[0].filter((_, i) => cols.slice(1).some((c) => ok(c[i]))).length;
-  function setChart(id, cols, points) {
+  function setChart(id, t, cols) {
     const el = document.getElementById('chart-' + id);
-    if (charts[id]) charts[id].setData(cols);
-    el.dataset.seriesPoints = String(points === undefined ? pointsWithData(cols) : points);
+    if (charts[id]) charts[id].setData([t, ...cols]);
+    el.dataset.seriesPoints = String(t.filter((_, i) => cols.some((c) => ok(c[i]) && c[i] !== 0)).length);
   }
 
-  function drawCharts(s, cur) {
-    if (typeof uPlot === 'undefined') return;
-    charts.series = s;
-    setChart('requests', [s.t, s.rps]);
-    setChart('tokens', [s.t, s.stack, s.sel]);
-    setChart('latency', [s.t, s.p50, s.p95]);
-    const ag = cur ? cur.agreement : { le: [], counts: [] };
-    setChart('agreement', [ag.le.map((le) => +(le - 0.05).toFixed(2)), ag.counts], ag.counts.filter((c) => c > 0).length);
+  function drawCharts(h) {
+    const p = h.total.points, per = 60 / h.step_s, t = h.t;
+    const rate = (col) => col.map((v) => (ok(v) ? v * per : null));
+    const status = (test) => t.map((_, i) => Object.entries(p.by_status)
+      .filter(([code]) => test(+code)).reduce((s, [, col]) => s + col[i], 0));
+    setChart('requests', t, [rate(p.requests), rate(status((c) => c >= 400 && c < 500 && c !== 499)),
+      rate(status((c) => c >= 500)), rate(status((c) => c === 499))]);
+    setChart('tokens', t, [rate(p.prompt_tokens), rate(p.completion_tokens), rate(p.extra_tokens), rate(p.saved_tokens)]);
+    setChart('dollars', t, [rate(p.cost_usd), rate(p.extra_usd), rate(p.saved_usd)]);
+    setChart('latency', t, [p.latency_p50, p.latency_p95, p.ttft_p50, p.ttft_p95]);
   }
 
-  // ---------- tiles and table ----------
-  function tile(id, value, unit, sub) {
-    const el = document.getElementById(id);
-    el.querySelector('.value').innerHTML = '';
-    el.querySelector('.value').append(value);
-    if (unit) { const u = document.createElement('small'); u.textContent = unit; el.querySelector('.value').append(u); }
+  // ---------- tiles and tables ----------
+  function tile(id, value, sub) {
+    const el = document.getElementById('tile-' + id);
+    el.querySelector('.value').textContent = value;
     el.querySelector('.sub').textContent = sub || '';
   }
 
-  function drawTiles(cur) {
-    const n = history.length - 1;
-    const base = n > 0 ? view(history[baseIndex(n, RECENT_S)].snap) : null;
-    const dt = n > 0 ? history[n].t - history[baseIndex(n, RECENT_S)].t : 0;
-    const v = cur || null;
-    const rps = rate(base, v, (x) => x.requests, dt), tps = rate(base, v, (x) => x.tokens.total, dt);
-    tile('tile-rps', fmtNum(rps), '/s', v ? `${fmtNum(v.requests)} total · ${fmtNum(v.errors)} errors` : '');
-    tile('tile-tps', fmtNum(tps), '/s', v ? `${fmtNum(v.tokens.total)} spent in total` : '');
-    tile('tile-extra', fmtPct(v && v.tokens.total ? v.extra_ratio : null), '', 'extra ÷ all tokens spent');
-    tile('tile-cost', fmtUsd(v ? v.cost_usd : null), '',
-      v && v.cost_unknown_calls ? `+ ${fmtNum(v.cost_unknown_calls)} calls with unknown price` : 'known prices only');
-    const ver = v ? v.verified : null;
-    tile('tile-verified', fmtPct(ver ? ver.rate : null), '',
-      ver && ver.pass + ver.fail ? `${fmtNum(ver.pass)} pass · ${fmtNum(ver.fail)} fail` : 'no hard checks yet');
-    const wp50 = windowQuantile(0.5, base, v), wp95 = windowQuantile(0.95, base, v);
-    const recent = ok(wp50);
-    const p50 = recent ? wp50 : v && v.latency_s.count ? v.latency_s.p50 : null;
-    const p95 = recent ? wp95 : v && v.latency_s.count ? v.latency_s.p95 : null;
-    tile('tile-latency', `${fmtSec(p50)} / ${fmtSec(p95)}`, '', recent ? 'p50 / p95, last 30 s' : 'p50 / p95, since start');
-    tile('tile-saved', fmtNum(v ? v.saved.candidates : null), '',
-      v ? `≈ ${fmtNum(v.saved.tokens_estimate)} tokens saved by early stopping` : '');
+  function drawTiles(h) {
+    const x = h.total.totals, tokens = x.prompt_tokens + x.completion_tokens;
+    const codes = Object.entries(x.by_status).filter(([c]) => +c >= 400).map(([c, n]) => `${c}×${n}`);
+    tile('requests', fmtNum(x.requests), `${fmtNum(x.requests / ((h.until - h.since) / 60))}/min over ${range}`);
+    tile('errors', fmtNum(x.errors), codes.length ? codes.join(' · ') : 'none');
+    tile('tokens', fmtNum(tokens), `${fmtNum(x.prompt_tokens)} prompt · ${fmtNum(x.completion_tokens)} completion`);
+    tile('cost', fmtUsd(x.cost_usd), 'priced calls only');
+    tile('extra', fmtUsd(x.extra_usd), `${fmtNum(x.extra_tokens)} tokens${pct(x.extra_usd, x.cost_usd)} beyond one plain call`);
+    tile('saved', fmtUsd(x.saved_usd), `≈ ${fmtNum(x.saved_tokens)} tokens not drawn (adaptive)`);
+    tile('latency', `${fmtSec(x.latency_p50)} / ${fmtSec(x.latency_p95)}`, 'all requests');
+    tile('ttft', `${fmtSec(x.ttft_p50)} / ${fmtSec(x.ttft_p95)}`, 'streams only');
   }
 
-  function row(name, r) {
-    const cells = [name, fmtNum(r.requests), fmtNum(r.errors), fmtNum(r.tokens.total), fmtNum(r.tokens.selected),
-      fmtNum(r.tokens.extra), fmtPct(r.tokens.total ? r.extra_ratio : null),
-      fmtUsd(r.cost_usd) + (r.cost_unknown_calls ? ' +?' : ''),
-      `${fmtNum(r.upstream_calls.ok)} / ${fmtNum(r.upstream_calls.error)} / ${fmtNum(r.upstream_calls.cancelled)}`,
-      r.latency_s.count ? fmtSec(r.latency_s.p50) : dash, r.latency_s.count ? fmtSec(r.latency_s.p95) : dash,
-      r.candidates.count ? r.candidates.mean.toFixed(1) : dash, fmtPct(r.verified.rate),
-      fmtNum(r.judge_checker_disagreements), fmtNum(r.saved.candidates)];
+  function rowOf(cells, bad) {
     const tr = document.createElement('tr');
     cells.forEach((text, i) => {
       const td = document.createElement('td');
       td.textContent = text;
-      if (i === 2 && r.errors > 0) td.className = 'bad';
-      if (i === 7 && r.cost_unknown_calls) td.title = `plus ${r.cost_unknown_calls} calls with unknown price`;
+      if (bad && bad(i)) td.className = 'bad';
       tr.append(td);
     });
     return tr;
   }
 
-  function drawTable(snap) {
-    const body = $('#routes-table tbody'), foot = $('#routes-table tfoot');
-    body.replaceChildren(...Object.entries(snap.routes).map(([name, r]) => row(name, r)));
-    foot.replaceChildren(row('all routes', snap.total));
+  function routeRow(name, x) {
+    const codes = Object.entries(x.by_status).map(([c, n]) => `${c}:${n}`).join(' ');
+    return rowOf([name, fmtNum(x.requests), fmtNum(x.errors), codes, fmtNum(x.prompt_tokens), fmtNum(x.completion_tokens),
+      fmtUsd(x.cost_usd), fmtUsd(x.extra_usd), fmtNum(x.extra_tokens), fmtUsd(x.saved_usd), fmtNum(x.saved_tokens),
+      fmtSec(x.latency_p50), fmtSec(x.latency_p95), fmtSec(x.ttft_p50)], (i) => i === 2 && x.errors > 0);
   }
 
-  function syncRoutes(snap) {
-    const sel = $('#route');
-    const have = new Set([...sel.options].map((o) => o.value));
-    for (const name of Object.keys(snap.routes)) {
-      if (!have.has(name)) sel.append(new Option(name, name));
-    }
+  function limitText(k, field, fmt) {
+    if (k.unlimited) return 'unlimited';
+    return [k.limit.tokens !== null ? fmtNum(field.tokens) + ' tok' : null,
+      k.limit.cost_usd !== null ? fmt(field.cost_usd) : null].filter(Boolean).join(' · ');
   }
 
-  function render() {
-    if (!history.length) return;
-    const latest = history[history.length - 1];
-    const cur = view(latest.snap);
-    drawTiles(cur);
-    drawCharts(buildSeries(), cur);
-    drawTable(latest.snap);
-    $('#status').textContent = `updated ${new Date(latest.t * 1000).toLocaleTimeString()} · ` +
-      `${fmtNum(latest.snap.inflight)} in flight · window ${Math.round(latest.t - history[0].t)} s`;
+  function drawTables(h) {
+    $('#routes-table tbody').replaceChildren(...Object.entries(h.routes).map(([n, r]) => routeRow(n, r.totals)));
+    $('#routes-table tfoot').replaceChildren(routeRow('all routes', h.total.totals));
+    $('#models-table tbody').replaceChildren(...Object.entries(h.models).map(([n, { totals: x }]) =>
+      rowOf([n, fmtNum(x.calls), fmtNum(x.errors), fmtNum(x.prompt_tokens), fmtNum(x.completion_tokens), fmtUsd(x.cost_usd)],
+        (i) => i === 2 && x.errors > 0)));
+    $('#keys-table tbody').replaceChildren(...h.keys.map((k) => rowOf([k.key, fmtNum(k.spent.tokens), fmtUsd(k.spent.cost_usd),
+      fmtNum(k.reserved.tokens), limitText(k, k.limit, fmtUsd), k.unlimited ? dash : limitText(k, k.remaining, fmtUsd)],
+      (i) => i === 5 && !k.unlimited && (k.remaining.tokens === 0 || k.remaining.cost_usd === 0))));
+    $('#keys-note').textContent = h.keys_error || (h.keys.length ? `resets at ${h.keys[0].resets_at}` : 'no budgets configured');
+    document.querySelectorAll('[data-range-label]').forEach((el) => { el.textContent = `(last ${range})`; });
   }
 
   // ---------- polling ----------
-  // ?key=… wins at load; the key box (kept in localStorage) replaces it once saved.
-  let key = new URLSearchParams(location.search).get('key') || localStorage.getItem(KEY_STORE) || '';
-
   function showError(msg) {
     const b = $('#error-banner');
-    if (msg) { b.textContent = msg; b.hidden = false; } else { b.hidden = true; b.textContent = ''; }
+    b.textContent = msg || '';
+    b.hidden = !msg;
   }
 
   async function poll() {
     const headers = { Accept: 'application/json' };
     if (key) headers.Authorization = 'Bearer ' + key;
     const ctrl = new AbortController();
-    const timer = setTimeout(() => ctrl.abort(), 5000);
+    const timer = setTimeout(() => ctrl.abort(), 8000);
+    const url = api('/v1/its/history', { range });
     try {
-      const res = await fetch(statsUrl, { headers, cache: 'no-store', signal: ctrl.signal });
+      const res = await fetch(url, { headers, cache: 'no-store', signal: ctrl.signal });
       if (!res.ok) {
-        const hint = res.status === 401 || res.status === 403 ? ' — set the API key (top right) or open the page with ?key=…' : '';
+        const hint = res.status === 401 ? ' — set the API key (top right) or open the page with ?key=…' : '';
         throw new Error(`HTTP ${res.status} ${res.statusText}${hint}`);
       }
-      const snap = await res.json();
-      const t = snap.generated_at;
-      if (history.length && t <= history[history.length - 1].t) return;
-      history.push({ t, snap });
-      while (history.length > 2 && t - history[0].t > HISTORY_S) history.shift();
-      syncRoutes(snap);
+      const h = await res.json();
       polls += 1;
       document.body.dataset.polls = String(polls);
       showError('');
-      render();
+      drawTiles(h);
+      drawCharts(h);
+      drawTables(h);
+      $('#status').textContent = `updated ${new Date(h.until * 1000).toLocaleTimeString()} · last ${range} in ` +
+        `${h.step_s} s buckets · from ${h.source}`;
     } catch (err) {
       errors += 1;
       document.body.dataset.pollErrors = String(errors);
-      showError(`Polling ${statsUrl} failed: ${err.name === 'AbortError' ? 'timed out' : err.message}`);
+      showError(`Polling ${new URL(url).pathname} failed: ${err.name === 'AbortError' ? 'timed out' : err.message}`);
     } finally {
       clearTimeout(timer);
     }
@@ -298,7 +204,12 @@
   }
 
   function init() {
-    $('#route').addEventListener('change', (e) => { route = e.target.value; render(); });
+    document.querySelectorAll('#ranges button').forEach((b) => b.classList.toggle('on', b.dataset.range === range));
+    document.querySelectorAll('#ranges button').forEach((b) => b.addEventListener('click', () => {
+      range = b.dataset.range;
+      document.querySelectorAll('#ranges button').forEach((o) => o.classList.toggle('on', o === b));
+      poll();
+    }));
     $('#key').value = key;
     $('#key-form').addEventListener('submit', (e) => {
       e.preventDefault();

@@ -1,0 +1,133 @@
+"""The dashboard's memory: timestamped buckets of what finished, so the page can show the last
+hour (or day) however long it has been open, and, on Redis, after a restart of the proxy.
+
+Fed by one hook on the settlement point (`Services.observe`, once per settled Exchange), the
+same `RequestReport` the Prometheus counters read. Two tiers, bounded: 10 s buckets kept 1 h
+and 1 min buckets kept 24 h (at most 360 + 1440 buckets; each holds a few dozen numbers per
+route and per model). A bucket is a flat map `"<series>|<field>" -> number`, where a series is
+`route:<name>` or `model:<name>`, so Redis can keep the very same shape in one hash per bucket
+(HINCRBYFLOAT per field, see storage/history_redis.py).
+
+Fields: requests, errors, `status:<code>`, prompt/completion tokens, cost_usd, extra_usd and
+extra_tokens (beyond one plain call), saved_usd and saved_tokens (adaptive stopping, estimated),
+`lat:<i>` / `ttft:<i>` (counts per histogram bucket of metrics.DURATION_BUCKETS, so quantiles
+can be computed for any range); per model: calls, errors and tokens/cost of its calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from itsproxy.proxy.metering.budget_stores import StateError
+from itsproxy.proxy.metering.ledger import RequestReport
+from itsproxy.proxy.telemetry.history_view import Bucket, render
+from itsproxy.proxy.telemetry.metrics import DURATION_BUCKETS
+
+log = logging.getLogger(__name__)
+SEP = "|"
+
+
+@dataclass(frozen=True)
+class Tier:
+    step_s: int
+    keep_s: int
+
+
+TIERS = (Tier(10, 3600), Tier(60, 86400))
+MAX_RANGE_S = TIERS[-1].keep_s
+
+
+class HistorySink(Protocol):
+    """Where buckets are also written (Redis), and read back from when it answers."""
+
+    def push(self, key: str, ttl_s: int, fields: dict[str, float]) -> None: ...
+
+    async def fetch(self, keys: list[str]) -> list[dict[str, float]]: ...
+
+
+def _le_index(value: float) -> int:
+    """Index of the histogram bucket holding `value` (len(DURATION_BUCKETS): +Inf)."""
+    return next((i for i, le in enumerate(DURATION_BUCKETS) if value <= le), len(DURATION_BUCKETS))
+
+
+def increments(r: RequestReport) -> dict[str, float]:
+    """One finished request as bucket increments."""
+    route = f"route:{r.route}{SEP}"
+    out: dict[str, float] = defaultdict(float)
+    out[route + "requests"] += 1
+    out[route + f"status:{r.status}"] += 1
+    if r.status >= 400:
+        out[route + "errors"] += 1
+    out[route + f"lat:{_le_index(max(0.0, r.duration_s))}"] += 1
+    if r.ttft_s is not None:
+        out[route + f"ttft:{_le_index(max(0.0, r.ttft_s))}"] += 1
+    for field, value in (("extra_usd", r.extra_cost_usd), ("extra_tokens", r.extra_tokens),
+                         ("saved_usd", r.saved_cost_usd_estimate), ("saved_tokens", r.tokens_saved_estimate)):
+        if value and value > 0:
+            out[route + field] += value
+    for call in r.calls:
+        model = f"model:{call.model}{SEP}"
+        out[model + "calls"] += 1
+        if call.outcome == "error":
+            out[model + "errors"] += 1
+        for prefix in (route, model):
+            out[prefix + "prompt_tokens"] += max(0, call.prompt_tokens)
+            out[prefix + "completion_tokens"] += max(0, call.completion_tokens)
+            if call.cost_usd:
+                out[prefix + "cost_usd"] += max(0.0, call.cost_usd)
+    return dict(out)
+
+
+def tier_for(span_s: float) -> Tier:
+    return next((t for t in TIERS if span_s <= t.keep_s + t.step_s), TIERS[-1])
+
+
+class History:
+    """The in-memory tiers, plus an optional sink (Redis) written alongside and read first."""
+
+    def __init__(self, sink: HistorySink | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.sink, self.clock = sink, clock
+        self._tiers: dict[int, dict[int, Bucket]] = {t.step_s: {} for t in TIERS}
+
+    def hook(self, report: RequestReport, outcome: Any = None) -> None:
+        """A `Services.hooks` observer. Never raises: history must not fail a request."""
+        try:
+            self.record(report)
+        except Exception:  # noqa: BLE001 - a history bug must not turn a served answer into a 500
+            log.exception("history.record failed for route %r", report.route)
+
+    def record(self, report: RequestReport) -> None:
+        now, inc = self.clock(), increments(report)
+        for tier in TIERS:
+            start = int(now // tier.step_s) * tier.step_s
+            buckets = self._tiers[tier.step_s]
+            bucket = buckets.setdefault(start, defaultdict(float))
+            for k, v in inc.items():
+                bucket[k] += v
+            while buckets and next(iter(buckets)) < now - tier.keep_s - tier.step_s:
+                del buckets[next(iter(buckets))]  # insertion order is time order
+            if self.sink is not None:
+                self.sink.push(f"{tier.step_s}:{start}", tier.keep_s + tier.step_s, inc)
+
+    async def query(self, since: float) -> dict[str, Any]:
+        """Points from `since` (unix seconds) to now, at the finest tier that still holds them."""
+        now = self.clock()
+        since = max(since, now - MAX_RANGE_S)
+        tier = tier_for(now - since)
+        first = int(since // tier.step_s) * tier.step_s
+        starts = list(range(first, int(now // tier.step_s) * tier.step_s + 1, tier.step_s))
+        source = "memory"
+        buckets: list[Bucket] = [self._tiers[tier.step_s].get(s, {}) for s in starts]
+        if self.sink is not None:
+            try:
+                buckets = await self.sink.fetch([f"{tier.step_s}:{s}" for s in starts])
+                source = "redis"
+            except StateError as exc:  # the sink logged and counted it; this replica's own memory answers
+                source = f"memory (shared history unavailable: {exc})"
+        return {"since": since, "until": now, "step_s": tier.step_s, "source": source,
+                **render(starts, buckets, SEP)}
