@@ -8,6 +8,9 @@ Behind the same interfaces as the embedded SQLite stores:
   after its last write, so old days clean themselves up.
 - search statistics: one hash per (store, route) with `<arm>:<text hash>:pulls|reward`
   fields, added with HINCRBY / HINCRBYFLOAT.
+- rpm / tpm windows (metering/limits.py): two sorted sets per name, requests and
+  `<id>:<tokens>` spends scored by Redis's own clock (TIME, so replicas' clocks do not
+  matter), trimmed, checked and added in one Lua script; they expire with the window.
 
 Every call has the state timeout as its socket timeout; a Redis error or timeout is a
 `StateError`, and the callers apply their policy (budgets: `on_state_error`; search:
@@ -17,6 +20,7 @@ the request proceeds on what is known). Keys start with `server.state.key_prefix
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +30,7 @@ from redis.exceptions import RedisError
 
 from itsproxy.proxy.config.server import StateConfig
 from itsproxy.proxy.metering.budget_stores import BudgetStore, Limits, StateError, Usage
+from itsproxy.proxy.metering.limits import WINDOW_S, Limiter, Rate
 from itsproxy.proxy.storage.search_store import AUGMENT_PULLS, AUGMENT_REWARD
 from itsproxy.proxy.telemetry.metrics import STATE_ERRORS
 from itsproxy.strategies.search.strings import ArmStats, arm_hash
@@ -45,6 +50,46 @@ redis.call('HINCRBY', KEYS[1], 'tokens', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'reserved', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {1, t + tonumber(ARGV[1]), n, r + tonumber(ARGV[1])}
+"""
+
+# KEYS: requests zset, tokens zset. ARGV: window ms, rpm (-1: none), tpm (-1: none), member.
+# Returns 0 (counted) or the milliseconds until the request would be under both limits.
+TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local win, rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - win)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - win)
+local wait = 0
+if rpm >= 0 then
+  local n = redis.call('ZCARD', KEYS[1])
+  if n >= rpm then
+    local e = redis.call('ZRANGE', KEYS[1], n - rpm, n - rpm, 'WITHSCORES')
+    wait = math.max(wait, tonumber(e[2]) + win - now)
+  end
+end
+if tpm >= 0 then
+  local e = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  local used = 0
+  for i = 1, #e, 2 do used = used + tonumber(string.match(e[i], ':(%d+)$')) end
+  local i = 1
+  while used >= tpm and i <= #e do
+    used = used - tonumber(string.match(e[i], ':(%d+)$'))
+    wait = math.max(wait, tonumber(e[i + 1]) + win - now)
+    i = i + 2
+  end
+end
+if wait > 0 then return wait end
+redis.call('ZADD', KEYS[1], now, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], win)
+return 0
+"""
+SPEND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 0
 """
 
 
@@ -67,6 +112,8 @@ class RedisState:
         self.client = aioredis.Redis.from_url(config.url, socket_timeout=timeout_s,
                                               socket_connect_timeout=timeout_s, decode_responses=True)
         self._reserve = self.client.register_script(RESERVE)
+        self._take = self.client.register_script(TAKE)
+        self._spend = self.client.register_script(SPEND)
 
     async def call(self, store: str, op: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -79,6 +126,9 @@ class RedisState:
 
     def search_stores(self) -> RedisSearchStores:
         return RedisSearchStores(self)
+
+    def limiter(self) -> RedisLimiter:
+        return RedisLimiter(self)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -183,3 +233,26 @@ class RedisSearchStores:
 
     async def aclose(self) -> None:
         self._stores.clear()
+
+
+class RedisLimiter(Limiter):
+    """rpm / tpm windows shared by every replica (see TAKE)."""
+
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+        self.window_ms = int(WINDOW_S * 1000)
+
+    def _keys(self, name: str) -> list[str]:
+        return [f"{self.state.prefix}rate:{name}:req", f"{self.state.prefix}rate:{name}:tok"]
+
+    async def take(self, name: str, rate: Rate) -> float:
+        args: list[str | int] = [self.window_ms, -1 if rate.rpm is None else rate.rpm, -1 if rate.tpm is None else rate.tpm,
+                uuid.uuid4().hex]
+        keys = self._keys(name)
+        wait_ms = await self.state.call("limits", lambda: self.state._take(keys=keys, args=args))
+        return int(wait_ms) / 1000
+
+    async def spend(self, name: str, tokens: int) -> None:
+        key = self._keys(name)[1]
+        args: list[str | int] = [f"{uuid.uuid4().hex}:{int(tokens)}", self.window_ms]
+        await self.state.call("limits", lambda: self.state._spend(keys=[key], args=args))
