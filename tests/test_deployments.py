@@ -161,7 +161,7 @@ async def test_concurrent_tasks_never_exceed_rpm():
     async def call() -> None:
         await asyncio.sleep(0)
         try:
-            lease = await acq(b, e)
+            lease = await b.acquire(e)
         except NoDeployment:
             return
         got.append(lease.deployment.id)

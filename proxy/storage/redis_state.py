@@ -246,8 +246,8 @@ class RedisLimiter(Limiter):
         return [f"{self.state.prefix}rate:{name}:req", f"{self.state.prefix}rate:{name}:tok"]
 
     async def take(self, name: str, rate: Rate) -> float:
-        args: list[str | int] = [self.window_ms, -1 if rate.rpm is None else rate.rpm, -1 if rate.tpm is None else rate.tpm,
-                uuid.uuid4().hex]
+        rpm, tpm = (-1 if v is None else v for v in (rate.rpm, rate.tpm))
+        args: list[str | int] = [self.window_ms, rpm, tpm, uuid.uuid4().hex]
         keys = self._keys(name)
         wait_ms = await self.state.call("limits", lambda: self.state._take(keys=keys, args=args))
         return int(wait_ms) / 1000
