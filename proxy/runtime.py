@@ -17,6 +17,7 @@ from itsproxy.proxy.metering.limits import LocalLimiter, Rate, RateLimits, Refus
 from itsproxy.proxy.outcome import Outcome, new_id
 from itsproxy.proxy.routing import Router
 from itsproxy.proxy.storage.redis_state import RedisSearchStores, RedisState
+from itsproxy.proxy.storage.response_cache import LocalCache, Lookups
 from itsproxy.proxy.storage.search_store import SearchStores
 from itsproxy.proxy.telemetry import metrics
 from itsproxy.proxy.telemetry.access_log import access_line
@@ -45,6 +46,8 @@ class Services:
                                  on_state_error=config.budgets.on_state_error if config.budgets else "closed",
                                  timeout_s=timeout)
         self.upstream = Upstream(config, self.limits)
+        # routes with `cache:` (verified answers): shared through Redis too
+        self.cache = Lookups(self.redis.response_cache() if self.redis is not None else LocalCache())
         if config.server.access_log:
             self.hooks.append(access_line)
         # augment_search state (opened lazily) and budgets: Redis when shared, else SQLite files

@@ -8,6 +8,8 @@ Behind the same interfaces as the embedded SQLite stores:
   after its last write, so old days clean themselves up.
 - search statistics: one hash per (store, route) with `<arm>:<text hash>:pulls|reward`
   fields, added with HINCRBY / HINCRBYFLOAT.
+- response cache (storage/response_cache.py): one string per key, SET with PX (the
+  route's ttl_s), so every replica serves what any of them stored.
 - rpm / tpm windows (metering/limits.py): two sorted sets per name, requests and
   `<id>:<tokens>` spends scored by Redis's own clock (TIME, so replicas' clocks do not
   matter), trimmed, checked and added in one Lua script; they expire with the window.
@@ -31,6 +33,7 @@ from redis.exceptions import RedisError
 from itsproxy.proxy.config.server import StateConfig
 from itsproxy.proxy.metering.budget_stores import BudgetStore, Limits, StateError, Usage
 from itsproxy.proxy.metering.limits import WINDOW_S, Limiter, Rate
+from itsproxy.proxy.storage.response_cache import Entry, ResponseCache
 from itsproxy.proxy.storage.search_store import AUGMENT_PULLS, AUGMENT_REWARD
 from itsproxy.proxy.telemetry.metrics import STATE_ERRORS
 from itsproxy.strategies.search.strings import ArmStats, arm_hash
@@ -129,6 +132,9 @@ class RedisState:
 
     def limiter(self) -> RedisLimiter:
         return RedisLimiter(self)
+
+    def response_cache(self) -> RedisCache:
+        return RedisCache(self)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -256,3 +262,22 @@ class RedisLimiter(Limiter):
         key = self._keys(name)[1]
         args: list[str | int] = [f"{uuid.uuid4().hex}:{int(tokens)}", self.window_ms]
         await self.state.call("limits", lambda: self.state._spend(keys=[key], args=args))
+
+
+class RedisCache(ResponseCache):
+    """Verified answers shared by every replica, each expiring after its route's ttl_s."""
+
+    def __init__(self, state: RedisState) -> None:
+        self.state = state
+
+    def _key(self, key: str) -> str:
+        return f"{self.state.prefix}cache:{key}"
+
+    async def get(self, key: str) -> Entry | None:
+        k = self._key(key)
+        raw = await self.state.call("cache", lambda: self.state.client.get(k))
+        return Entry.loads(raw) if isinstance(raw, str) else None
+
+    async def put(self, key: str, entry: Entry, ttl_s: float) -> None:
+        k, raw, ms = self._key(key), entry.dumps(), max(1, int(ttl_s * 1000))
+        await self.state.call("cache", lambda: self.state.client.set(k, raw, px=ms))
