@@ -376,10 +376,7 @@ def _cache_key(call: Call, route: Route) -> str | None:
     None when the route does not cache."""
     if route.cache_ttl_s is None or route.passthrough:
         return None
-    fields = dataclasses.asdict(call)
-    for delivery in ("stream", "include_usage", "native"):  # how the answer is delivered, not what it is
-        fields.pop(delivery)
-    return request_key(route.name, fields)
+    return request_key(route.name, dataclasses.asdict(call))
 
 
 def _client_params(call: Call, route: Route) -> tuple[Pipeline, dict[str, Any]]:

@@ -140,3 +140,18 @@ def test_openai_sdk_sees_an_ordinary_completion_on_a_hit(make_proxy, fresh_sim) 
     q = verified_question(p)
     hit = p.client.chat.completions.create(model="cached", messages=[{"role": "user", "content": q}], seed=3)
     assert isinstance(hit, openai.types.chat.ChatCompletion) and hit.choices[0].finish_reason
+
+
+def test_completions_share_the_cache_path(make_proxy, fresh_sim) -> None:
+    p = make_proxy(config(), fresh_sim)
+    for q, _ in questions(seed=21, count=20):
+        first = p.client.completions.with_raw_response.create(model="cached", prompt=q, seed=3, max_tokens=64)
+        if first.parse().model_extra["its"].get("verified") is True:
+            break
+    else:
+        pytest.fail("no question was verified")
+    before = upstream_requests(p)
+    again = p.client.completions.with_raw_response.create(model="cached", prompt=q, seed=3, max_tokens=64)
+    assert again.headers["x-its-cache"] == "hit" and upstream_requests(p) == before
+    assert again.parse().choices[0].text == first.parse().choices[0].text
+    assert again.parse().model_extra["its"]["cache"]["hit"] is True

@@ -36,7 +36,8 @@ from itsproxy.proxy.telemetry.metrics import REGISTRY, STATE_ERRORS
 from itsproxy.strategies.types import Candidate, Sample, Selection
 
 log = logging.getLogger(__name__)
-EXCLUDED = frozenset({"stream", "stream_options", "user", "metadata", "store"})
+# How the answer is delivered, not what it is: left out of the key (of the request and of its params).
+EXCLUDED = frozenset({"stream", "stream_options", "include_usage", "native", "user", "metadata", "store"})
 MAX_ENTRIES = 10_000
 MAX_BYTES = 64 * 1024 * 1024
 CACHE = Counter("its_cache_total", "Response cache lookups and stores, by route and result (hit, miss, store).",
