@@ -10,8 +10,8 @@ Behind the same interfaces as the embedded SQLite stores:
   fields, added with HINCRBY / HINCRBYFLOAT.
 - response cache (storage/response_cache.py): one string per key, SET with PX (the
   route's ttl_s), so every replica serves what any of them stored.
-- rpm / tpm windows (metering/limits.py): two sorted sets per name, requests and
-  `<id>:<tokens>` spends scored by Redis's own clock (TIME, so replicas' clocks do not
+- rpm / tpm windows (metering/limits.py): per name, a sorted set of requests and a hash
+  of tokens per second, both on Redis's own clock (TIME, so replicas' clocks do not
   matter), trimmed, checked and added in one Lua script; they expire with the window.
 
 Every call has the state timeout as its socket timeout; a Redis error or timeout is a
@@ -39,6 +39,7 @@ from itsproxy.proxy.telemetry.metrics import STATE_ERRORS
 from itsproxy.strategies.search.strings import ArmStats, arm_hash
 
 T = TypeVar("T")
+MAX_CONNECTIONS = 128  # per replica
 DAY_TTL_S = 2 * 86400  # a day's budget hash outlives its day by one more, then expires
 
 RESERVE = """
@@ -55,14 +56,15 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {1, t + tonumber(ARGV[1]), n, r + tonumber(ARGV[1])}
 """
 
-# KEYS: requests zset, tokens zset. ARGV: window ms, rpm (-1: none), tpm (-1: none), member.
-# Returns 0 (counted) or the milliseconds until the request would be under both limits.
+# KEYS: requests zset, tokens hash (second -> tokens). ARGV: window ms, rpm (-1: none), tpm (-1: none),
+# member. Returns 0 (counted) or the milliseconds until the request would be under both limits.
+# Requests are exact (one member each); tokens are summed per second, so a check reads at most
+# ~61 fields however many calls settled in the window.
 TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local win, rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - win)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - win)
 local wait = 0
 if rpm >= 0 then
   local n = redis.call('ZCARD', KEYS[1])
@@ -72,14 +74,23 @@ if rpm >= 0 then
   end
 end
 if tpm >= 0 then
-  local e = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-  local used = 0
-  for i = 1, #e, 2 do used = used + tonumber(string.match(e[i], ':(%d+)$')) end
+  local h = redis.call('HGETALL', KEYS[2])
+  local secs, used = {}, 0
+  for i = 1, #h, 2 do
+    local sec, tokens = tonumber(h[i]), tonumber(h[i + 1])
+    if (sec + 1) * 1000 + win <= now then
+      redis.call('HDEL', KEYS[2], h[i])
+    else
+      table.insert(secs, {sec, tokens})
+      used = used + tokens
+    end
+  end
+  table.sort(secs, function(a, b) return a[1] < b[1] end)
   local i = 1
-  while used >= tpm and i <= #e do
-    used = used - tonumber(string.match(e[i], ':(%d+)$'))
-    wait = math.max(wait, tonumber(e[i + 1]) + win - now)
-    i = i + 2
+  while used >= tpm and i <= #secs do
+    used = used - secs[i][2]
+    wait = math.max(wait, (secs[i][1] + 1) * 1000 + win - now)
+    i = i + 1
   end
 end
 if wait > 0 then return wait end
@@ -89,8 +100,7 @@ return 0
 """
 SPEND = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HINCRBY', KEYS[1], t[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 0
 """
@@ -112,8 +122,13 @@ class RedisState:
     def __init__(self, config: StateConfig, timeout_s: float = 0.5) -> None:
         assert config.url is not None, "parse_state requires a url for redis"
         self.url, self.prefix = public_url(config.url), config.key_prefix
-        self.client = aioredis.Redis.from_url(config.url, socket_timeout=timeout_s,
-                                              socket_connect_timeout=timeout_s, decode_responses=True)
+        # A blocking pool: past MAX_CONNECTIONS operations wait (within the state timeout) for a
+        # connection, instead of failing at once as redis-py's default pool does (a burst of
+        # requests would otherwise look like an outage and trip on_state_error).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            config.url, max_connections=MAX_CONNECTIONS, timeout=timeout_s, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, decode_responses=True)
+        self.client = aioredis.Redis.from_pool(pool)
         self._reserve = self.client.register_script(RESERVE)
         self._take = self.client.register_script(TAKE)
         self._spend = self.client.register_script(SPEND)
@@ -260,7 +275,7 @@ class RedisLimiter(Limiter):
 
     async def spend(self, name: str, tokens: int) -> None:
         key = self._keys(name)[1]
-        args: list[str | int] = [f"{uuid.uuid4().hex}:{int(tokens)}", self.window_ms]
+        args: list[str | int] = [int(tokens), self.window_ms + 1000]
         await self.state.call("limits", lambda: self.state._spend(keys=[key], args=args))
 
 
