@@ -26,6 +26,7 @@ class Outcome:
     messages: list[dict[str, Any]]  # the client's conversation (for traces)
     params: dict[str, Any] = field(default_factory=dict)  # the client's forwarded parameters (for traces)
     overrides: dict[str, Any] = field(default_factory=dict)  # what the route overrode of the client's request
+    cache: dict[str, Any] | None = None  # a response cache hit: {"hit", "saved_tokens", "age_s"}
 
     def ranked(self, k: int) -> list[Candidate]:
         """The k best distinct candidates by the route's ranking (strategies/ranking.py), winner first."""
@@ -63,6 +64,8 @@ class Outcome:
             out["verified"] = sel.verified
         if self.overrides:
             out["overrides"] = self.overrides
+        if self.cache is not None:
+            out["cache"] = self.cache
         for key, value in sel.extras().items():
             out.setdefault(key, value)
         return out
@@ -74,6 +77,8 @@ class Outcome:
         h["x-its-cost-usd"] = "unknown" if cost is None else f"{cost:.8f}"
         if self.selection.verified is not None:
             h["x-its-verified"] = "true" if self.selection.verified else "false"
+        if self.cache is not None:
+            h["x-its-cache"] = "hit"
         return h
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,10 +13,12 @@ from itsproxy.proxy.config import Config, Route
 from itsproxy.proxy.errors import ApiError
 from itsproxy.proxy.metering.budgets import Reservation, build_budgets, key_id
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
+from itsproxy.proxy.metering.limits import LocalLimiter, Rate, RateLimits, Refused
 from itsproxy.proxy.metering.spend import extra_cost, saved_cost
 from itsproxy.proxy.outcome import Outcome, new_id
 from itsproxy.proxy.routing import Router
 from itsproxy.proxy.storage.redis_state import RedisSearchStores, RedisState
+from itsproxy.proxy.storage.response_cache import LocalCache, Lookups
 from itsproxy.proxy.storage.search_store import SearchStores
 from itsproxy.proxy.telemetry import metrics
 from itsproxy.proxy.telemetry.access_log import access_line
@@ -31,7 +34,6 @@ class Services:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.router = Router(config)
-        self.upstream = Upstream(config)
         self.secrets = config.secrets
         self._metrics = metrics  # the module: observe(), INFLIGHT
         self.hooks: list[Any] = []  # extra observers of finished requests
@@ -41,6 +43,13 @@ class Services:
         state = config.server.state
         timeout = config.budgets.state_timeout_s if config.budgets is not None else 0.5
         self.redis = RedisState(state, timeout) if state.backend == "redis" else None
+        # rpm / tpm windows (keys and deployments): shared through Redis when it is the state backend
+        self.limits = RateLimits(self.redis.limiter() if self.redis is not None else LocalLimiter(),
+                                 on_state_error=config.budgets.on_state_error if config.budgets else "closed",
+                                 timeout_s=timeout)
+        self.upstream = Upstream(config, self.limits)
+        # routes with `cache:` (verified answers): shared through Redis too
+        self.cache = Lookups(self.redis.response_cache() if self.redis is not None else LocalCache())
         if config.server.access_log:
             self.hooks.append(access_line)
         self.history = History(self.redis.history_sink() if self.redis is not None else None)
@@ -101,6 +110,7 @@ class Services:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        await self.limits.aclose()
         if self.trace_hook is not None:
             await self.trace_hook.aclose()
         await self.search_stores.aclose()
@@ -143,8 +153,30 @@ class Exchange:
     async def admit(self, route: Route, max_tokens: int) -> None:
         """Route it and reserve its maximum (`max_tokens`, all candidates) in the key's budget."""
         self.route = route
-        if self.services.budgets is not None:
-            self.reservation = await self.services.budgets.reserve(self.key, max_tokens)
+        budgets = self.services.budgets
+        if budgets is None:
+            return
+        await self._take_rate()
+        self.reservation = await budgets.reserve(self.key, max_tokens)
+
+    async def _take_rate(self) -> None:
+        """The key's rpm_limit / tpm_limit (budgets:): one request counted, or 429 with Retry-After."""
+        budgets = self.services.budgets
+        assert budgets is not None
+        limits = budgets.limits(self.key)
+        rate = Rate(limits.rpm_limit, limits.tpm_limit)
+        try:
+            await self.services.limits.take(f"key:{budgets.key_id(self.key)}", rate)
+        except Refused as exc:
+            wait = str(max(1, math.ceil(exc.retry_after_s)))
+            if exc.down:
+                raise ApiError(503, "rate limit state is unavailable (on_state_error: closed); retry shortly",
+                               code="state_unavailable", retry=True, headers={"Retry-After": wait}) from None
+            which = " and ".join(f"{v} {k}" for k, v in (("requests", rate.rpm), ("tokens", rate.tpm)) if v)
+            raise ApiError(429, f"Rate limit reached for this API key: at most {which} per minute. "
+                           f"Retry in {wait}s.", code="rate_limit_exceeded", retry=True,
+                           headers={"Retry-After": wait},
+                           extra={"rpm_limit": rate.rpm, "tpm_limit": rate.tpm}) from None
 
     def fail(self, error: ApiError) -> None:
         self.status, self.error = error.status, error
@@ -159,6 +191,9 @@ class Exchange:
         s = self.services
         s._metrics.INFLIGHT.dec()
         s.observe(s.report(self), self.outcome)
+        if s.budgets is not None and s.budgets.limits(self.key).tpm_limit is not None:
+            tokens = self.ledger.total().total_tokens
+            await asyncio.shield(asyncio.ensure_future(s.limits.spend(f"key:{s.budgets.key_id(self.key)}", tokens)))
         if s.budgets is not None and self.reservation is not None:
             spent = self.ledger.total().total_tokens
             cost = sum(c.cost_usd or 0.0 for c in self.ledger.calls)  # priced calls count even if others are not

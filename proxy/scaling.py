@@ -30,6 +30,7 @@ from itsproxy.proxy.metering.ledger import Ledger
 from itsproxy.proxy.outcome import Outcome, new_id, passthrough_headers, passthrough_its
 from itsproxy.proxy.redact import Redactor
 from itsproxy.proxy.runtime import Exchange, Services
+from itsproxy.proxy.storage.response_cache import Entry, request_key
 from itsproxy.proxy.upstream.backends.base import UpstreamBusy, UpstreamError, UpstreamProtocolError
 from itsproxy.proxy.upstream.replies import Wire
 from itsproxy.strategies.pipeline import NoAnswer, NotEnoughCandidates, Pipeline, RunContext, Unverified
@@ -186,8 +187,11 @@ class Scaling:
             if route.passthrough:
                 return await guarded(request, self._forward(surface, call, ex, deadline), deadline, route)
             surface.check_scaling(call)
-            ex.outcome = await guarded(request, self._run(call, ex, deadline), deadline, route)
-            return FastJSONResponse(surface.render(ex.outcome, call), headers=ex.outcome.headers())
+            outcome = await self._cached(call, ex)
+            if outcome is None:
+                outcome = await guarded(request, self._run(call, ex, deadline), deadline, route)
+            ex.outcome = outcome
+            return FastJSONResponse(surface.render(outcome, call), headers=outcome.headers())
         except ApiError as err:
             ex.fail(err)
             return err.response({"x-its-route": ex.route.name} if ex.route else None)
@@ -251,20 +255,38 @@ class Scaling:
                            extra={"critiques": exc.critiques[:20], "candidates": len(exc.selection.candidates)},
                            headers={"x-its-verified": "false"}) from None
         rid, created = new_id()
-        return Outcome(route, call.model, selection, ex.ledger, rid, created, call.messages, call.params,
-                       overrides=overrides)
+        outcome = Outcome(route, call.model, selection, ex.ledger, rid, created, call.messages, call.params,
+                          overrides=overrides)
+        key = _cache_key(call, route)
+        if key is not None and route.cache_ttl_s is not None and selection.verified is True:
+            entry = Entry.of(outcome.ranked(call.returned), selection.strategy, ex.ledger.total().total_tokens)
+            await self.s.cache.put(route.name, key, entry, route.cache_ttl_s)
+        return outcome
+
+    async def _cached(self, call: Call, ex: Exchange) -> Outcome | None:
+        """A verified answer the route's response cache holds for this request: no upstream call."""
+        route = self._route(ex)
+        key = _cache_key(call, route)
+        entry = await self.s.cache.get(route.name, key) if key is not None else None
+        if entry is None:
+            return None
+        rid, created = new_id()
+        return Outcome(route, call.model, entry.selection(), ex.ledger, rid, created, call.messages, call.params,
+                       cache=entry.its())
 
     # -- streams ----------------------------------------------------------------------------------
 
     async def _stream(self, request: Request, surface: Surface, call: Call, ex: Exchange,
                       deadline: float) -> EventStream:
         route = self._route(ex)
+        cached: Outcome | None = None
         if route.passthrough:
             events = await self._open_relay(request, surface, call, ex, deadline)
         else:
             surface.check_scaling(call)
             self._context(call, route, ex.ledger)  # a bad its.n is a 400 before the stream opens
-            events = self._scaling_events(surface.scaling_stream(call), call, ex, deadline)
+            cached = await self._cached(call, ex)
+            events = self._scaling_events(surface.scaling_stream(call), call, ex, deadline, cached)
 
         async def on_close(ending: str) -> None:
             if ending == "client_left":
@@ -277,12 +299,20 @@ class Scaling:
 
         # The producer enforces the deadline itself; the stream's own backstop (a client that stops
         # reading) allows a little more, so the producer's error event gets out first.
-        return EventStream(events, on_close, deadline + STREAM_GRACE_S, headers={"x-its-route": route.name})
+        headers = {"x-its-route": route.name}
+        if cached is not None:
+            headers["x-its-cache"] = "hit"
+        return EventStream(events, on_close, deadline + STREAM_GRACE_S, headers=headers)
 
-    async def _scaling_events(self, render: ScalingStream, call: Call, ex: Exchange,
-                              deadline: float) -> AsyncGenerator[bytes, None]:
+    async def _scaling_events(self, render: ScalingStream, call: Call, ex: Exchange, deadline: float,
+                              cached: Outcome | None = None) -> AsyncGenerator[bytes, None]:
         for part in render.opening():
             yield part
+        if cached is not None:
+            ex.outcome = cached
+            for part in render.answer(cached):
+                yield part
+            return
         task = asyncio.ensure_future(self._run(call, ex, deadline))
         try:
             while not task.done():
@@ -343,6 +373,14 @@ class Scaling:
                 yield part
         finally:
             await chunks.aclose()
+
+
+def _cache_key(call: Call, route: Route) -> str | None:
+    """The response cache key (storage/response_cache.py: what is normalised and what is left out),
+    None when the route does not cache."""
+    if route.cache_ttl_s is None or route.passthrough:
+        return None
+    return request_key(route.name, dataclasses.asdict(call))
 
 
 def _client_params(call: Call, route: Route) -> tuple[Pipeline, dict[str, Any]]:

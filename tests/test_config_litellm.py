@@ -105,7 +105,7 @@ def test_router_settings():
     ("general_settings", "database_url", "budgets"),
     ("general_settings", "custom_auth", "server.api_keys"),
     ("general_settings", "something_new", "Moving from LiteLLM"),
-    ("litellm_settings", "cache", "does not cache"),
+    ("litellm_settings", "cache", "cache: {ttl_s"),
     ("litellm_settings", "max_budget", "budgets"),
     ("litellm_settings", "set_verbose", "--log-level"),
     ("router_settings", "model_group_alias", "route"),

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from itsproxy.proxy.config import Deployment, ModelEntry, RouterSettings
-from itsproxy.proxy.upstream.deployments import Balancer, Cooldowns, NoDeployment, shares, shuffle_pick
+from itsproxy.proxy.upstream.deployments import Balancer, Cooldowns, Lease, NoDeployment, shares, shuffle_pick
 
 
 class Clock:
@@ -26,6 +26,11 @@ def dep(i: int, **kw) -> Deployment:
 
 def entry(*deployments: Deployment) -> ModelEntry:
     return ModelEntry("m", list(deployments))
+
+
+def acq(b: Balancer, e: ModelEntry, exclude: list[str] | set[str] = ()) -> Lease:
+    """acquire, from a synchronous test (the local limiter never awaits)."""
+    return asyncio.run(b.acquire(e, exclude))
 
 
 def balancer(settings: RouterSettings | None = None) -> tuple[Balancer, Clock]:
@@ -67,17 +72,17 @@ def test_cooldown_after_more_than_allowed_fails_within_a_minute():
 def test_acquire_skips_cooling_and_excluded_deployments():
     b, clock = balancer(RouterSettings(allowed_fails=0, cooldown_time_s=5))
     e = entry(dep(0), dep(1))
-    lease = b.acquire(e)
+    lease = acq(b, e)
     lease.done(failed=True)  # allowed_fails 0: the first failure cools it down
     other = {d.id for d in e.deployments} - {lease.deployment.id}
-    assert {b.acquire(e).deployment.id for _ in range(20)} == other
+    assert {acq(b, e).deployment.id for _ in range(20)} == other
     with pytest.raises(NoDeployment) as exc:
-        b.acquire(e, exclude=other)
+        acq(b, e, exclude=other)
     assert exc.value.retry_after_s == pytest.approx(5)
     clock.now += 5
-    assert b.acquire(e, exclude=other).deployment.id == lease.deployment.id
+    assert acq(b, e, exclude=other).deployment.id == lease.deployment.id
     with pytest.raises(NoDeployment) as exc:
-        b.acquire(e, exclude=["m#0", "m#1"])
+        acq(b, e, exclude=["m#0", "m#1"])
     assert exc.value.retry_after_s is None  # everything tried: waiting will not help
 
 
@@ -85,67 +90,66 @@ def test_rpm_window_slides():
     b, clock = balancer()
     e = entry(dep(0, rpm=10))
     for _ in range(10):
-        b.acquire(e).done(tokens=5)
+        acq(b, e).done(tokens=5)
         clock.now += 1  # calls at t=0..9
     with pytest.raises(NoDeployment) as exc:
-        b.acquire(e)
+        acq(b, e)
     assert exc.value.retry_after_s == pytest.approx(50)  # the first call leaves the window at t=60
     clock.now += 50
-    b.acquire(e)
+    acq(b, e)
     with pytest.raises(NoDeployment):
-        b.acquire(e)
+        acq(b, e)
 
 
 def test_rpm_overflow_goes_to_the_other_deployment():
     b, _ = balancer()
     e = entry(dep(0, rpm=2), dep(1, rpm=1000))
-    picked = Counter(b.acquire(e).deployment.id for _ in range(50))
+    picked = Counter(acq(b, e).deployment.id for _ in range(50))
     assert picked["m#0"] <= 2 and picked["m#1"] >= 48
 
 
-def test_tpm_counts_estimates_then_actual_tokens():
+def test_tpm_is_checked_before_a_call_and_counts_what_was_metered():
     b, clock = balancer()
     e = entry(dep(0, tpm=1000))
-    first = b.acquire(e, tokens=600)
-    with pytest.raises(NoDeployment):
-        b.acquire(e, tokens=600)  # the estimate is reserved at once
-    first.done(tokens=100)  # the call spent less than estimated
-    second = b.acquire(e, tokens=600)
-    second.done(tokens=900)
+    first = acq(b, e)
+    acq(b, e).done(tokens=0)  # nothing metered yet: the window is still open
+    first.done(tokens=600)
+    second = acq(b, e)  # 600 < 1000: admitted
+    second.done(tokens=500)  # the metered tokens may pass tpm (checked before the call)
     with pytest.raises(NoDeployment) as exc:
-        b.acquire(e, tokens=10)
+        acq(b, e)
     assert exc.value.retry_after_s == pytest.approx(60)
     clock.now += 60
-    b.acquire(e, tokens=999)
+    acq(b, e)
 
 
 def test_a_429_cools_down_at_once():
     b, _ = balancer(RouterSettings(allowed_fails=5, cooldown_time_s=30))
     e = entry(dep(0), dep(1))
-    b.acquire(e, exclude=["m#1"]).done(rate_limited=True)
+    acq(b, e, exclude=["m#1"]).done(rate_limited=True)
     with pytest.raises(NoDeployment) as exc:
-        b.acquire(e, exclude=["m#1"])
+        acq(b, e, exclude=["m#1"])
     assert exc.value.retry_after_s == pytest.approx(30)
 
 
 def test_done_counts_once():
     b, _ = balancer(RouterSettings(allowed_fails=1, cooldown_time_s=30))
     e = entry(dep(0), dep(1))
-    lease = b.acquire(e, exclude=["m#1"])
+    lease = acq(b, e, exclude=["m#1"])
     lease.done(failed=True)
     lease.done(failed=True)
-    b.acquire(e, exclude=["m#1"])  # one failure only: not cooling
-    b.acquire(e, exclude=["m#1"]).done(failed=True)
+    acq(b, e, exclude=["m#1"])  # one failure only: not cooling
+    acq(b, e, exclude=["m#1"]).done(failed=True)
     with pytest.raises(NoDeployment):
-        b.acquire(e, exclude=["m#1"])
+        acq(b, e, exclude=["m#1"])
 
 
 def test_the_only_deployment_never_cools_down():
     b, _ = balancer(RouterSettings(allowed_fails=0, cooldown_time_s=30))
     e = entry(dep(0))
     for _ in range(5):
-        b.acquire(e).done(failed=True, rate_limited=True)
-    assert b.acquire(e).deployment.id == "m#0"
+        acq(b, e).done(failed=True, rate_limited=True)
+    assert acq(b, e).deployment.id == "m#0"
 
 
 @pytest.mark.asyncio
@@ -157,7 +161,7 @@ async def test_concurrent_tasks_never_exceed_rpm():
     async def call() -> None:
         await asyncio.sleep(0)
         try:
-            lease = b.acquire(e)
+            lease = await b.acquire(e)
         except NoDeployment:
             return
         got.append(lease.deployment.id)

@@ -90,11 +90,11 @@ def test_datasource_uid_matches_provisioning(dashboard):
 def test_prometheus_and_compose_config():
     prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "itsproxy")
-    assert job["static_configs"][0]["targets"] == ["proxy:4100"]
+    assert job["static_configs"][0]["targets"] == ["proxy-a:4100", "proxy-b:4100"]  # tests/test_compose.py
     assert job.get("scrape_interval", prom["global"]["scrape_interval"]) == "5s"
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-    assert set(compose["services"]) >= {"proxy", "prometheus", "grafana"}
-    proxy = compose["services"]["proxy"]
+    assert set(compose["services"]) >= {"proxy-a", "proxy-b", "prometheus", "grafana"}
+    proxy = compose["services"]["proxy-a"]
     assert "ITS_API_KEY" in proxy["environment"]
     assert any(v.split(":")[1] == "/app/config.yaml" for v in proxy["volumes"])
     assert "4100:4100" in proxy["ports"]

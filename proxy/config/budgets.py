@@ -3,6 +3,8 @@
     budgets:
       tokens_per_day: 200000        # null / absent: no token limit
       cost_usd_per_day: 5.0         # null / absent: no cost limit
+      rpm_limit: 60                 # requests per minute per key (LiteLLM's key rpm_limit), sliding 60 s
+      tpm_limit: 100000             # tokens metered per minute per key (LiteLLM's key tpm_limit)
       path: null                    # SQLite file; default <server.state_dir>/budgets.sqlite3
       on_state_error: closed        # store corrupt/locked/down: closed = 503 (no unmetered spend),
                                     # open = admit without a budget (spend not recorded)
@@ -22,7 +24,7 @@ from typing import Any
 from itsproxy.proxy.config.env import env_ref, is_env_ref
 from itsproxy.proxy.config_fields import ConfigError, choice, integer, mapping, number, string
 
-LIMIT_KEYS = {"tokens_per_day", "cost_usd_per_day"}
+LIMIT_KEYS = {"tokens_per_day", "cost_usd_per_day", "rpm_limit", "tpm_limit"}
 
 
 @functools.lru_cache(maxsize=1024)  # a handful of keys, hashed on every request
@@ -35,6 +37,8 @@ def key_id(key: str) -> str:
 class BudgetLimits:
     tokens_per_day: int | None = None
     cost_usd_per_day: float | None = None
+    rpm_limit: int | None = None  # requests per minute (metering/limits.py), shared across replicas on Redis
+    tpm_limit: int | None = None  # tokens per minute, as metered
 
 
 @dataclass
@@ -53,7 +57,9 @@ def _limits(raw: dict[str, Any], path: str, base: BudgetLimits) -> BudgetLimits:
               if "tokens_per_day" in raw else base.tokens_per_day)
     cost = (number(raw["cost_usd_per_day"], f"{path}.cost_usd_per_day", exclusive_min=True)
             if "cost_usd_per_day" in raw else base.cost_usd_per_day)
-    return BudgetLimits(tokens, cost)
+    rates = [integer(raw[k], f"{path}.{k}", minimum=1) if k in raw else getattr(base, k)
+             for k in ("rpm_limit", "tpm_limit")]
+    return BudgetLimits(tokens, cost, *rates)
 
 
 def parse_budgets(raw: Any) -> BudgetConfig | None:

@@ -15,11 +15,12 @@ from typing import Any
 from itsproxy.proxy.config_fields import ConfigError, boolean, choice, integer, mapping, number, seq, string
 from itsproxy.proxy.params import FORWARD
 from itsproxy.strategies.pipeline import Pipeline, build_pipeline
+from itsproxy.strategies.stages.check import CheckStage
 from itsproxy.strategies.types import SpecError
 
 ROUTE_KEYS = {
     "name", "match", "generate", "select", "passthrough", "limits", "repair", "on_unverified",
-    "min_candidates", "usage_report", "client_params", "on_no_answer",
+    "min_candidates", "usage_report", "client_params", "on_no_answer", "cache",
 }
 LIMIT_KEYS = {"max_n", "timeout_s", "max_extra_tokens", "max_cost_usd"}
 
@@ -42,6 +43,7 @@ class Route:
     limits: Limits
     usage_report: str = "total"
     client_params: str = "override"  # the route's temperature wins (said in its.overrides), or `respect` the client's
+    cache_ttl_s: float | None = None  # `cache: {ttl_s}`: verified answers served again (storage/response_cache.py)
 
     @property
     def is_glob(self) -> bool:
@@ -84,6 +86,20 @@ def _limits(raw: dict[str, Any], path: str, pipeline: Pipeline) -> Limits:
     )
 
 
+def _cache(raw: dict[str, Any], path: str, pipeline: Pipeline | None) -> float | None:
+    """`cache: {ttl_s: N}`: only on a route whose check stage can verify what it would store."""
+    if raw.get("cache") is None:
+        return None
+    spec = mapping(raw["cache"], f"{path}.cache", {"ttl_s"})
+    ttl = number(spec.get("ttl_s"), f"{path}.cache.ttl_s", exclusive_min=True)
+    if ttl is None:
+        raise ConfigError(f"{path}.cache.ttl_s", "is required (seconds a cached answer is served)")
+    if pipeline is None or not any(isinstance(s, CheckStage) for s in pipeline.stages):
+        raise ConfigError(f"{path}.cache", "only a verified answer may be cached, and this route has no "
+                          "`check` stage to verify one (add select: [{check: ...}] or remove cache)")
+    return ttl
+
+
 def parse_route(raw: Any, path: str, models: set[str]) -> Route:
     raw = mapping(raw, path, ROUTE_KEYS)
     name = str(string(raw.get("name"), f"{path}.name"))
@@ -104,6 +120,7 @@ def parse_route(raw: Any, path: str, models: set[str]) -> Route:
         usage_report=choice(raw.get("usage_report"), f"{path}.usage_report", ("total", "selected"), default="total"),
         client_params=choice(raw.get("client_params"), f"{path}.client_params", ("override", "respect"),
                              default="override"),
+        cache_ttl_s=_cache(raw, path, None if passthrough else pipeline),
     )
 
 

@@ -6,16 +6,18 @@ deployments. For each call, `Balancer.acquire` picks one:
     within a minute, or answered 429: no calls for `cooldown_time` seconds).
     As in LiteLLM, a model's only deployment never cools down: there is nowhere
     else to send the call, and its own errors say more than a local 429 would;
-  - never one whose `rpm` / `tpm` budget for the last 60 s is used up (the call
-    reserves its request and estimated tokens at once; `Lease.done` corrects the tokens);
+  - never one whose `rpm` / `tpm` for the last 60 s is used up (metering/limits.py: the
+    call counts as a request at once; `Lease.done` charges the tokens it really spent, so
+    tpm is checked before a call and counts what was metered);
   - among the rest, at random ("simple-shuffle"), weighted by `weight`, else
     `rpm`, else `tpm` (the first of these any deployment sets; a deployment
     without it gets the average of those with it), else uniformly.
 When none is available, `NoDeployment.retry_after_s` says when one will be.
 
-Async-safe without locks: acquire/done never await, so on one event loop no two
-tasks can take the same last slot. The state is per process: with W workers a
-deployment can get up to W x rpm (LiteLLM shares it through Redis; we do not).
+Cooldowns are per process. The rpm/tpm windows are the app's `RateLimits`: in process
+memory by default (async-safe without locks: the local limiter never awaits), in Redis
+when `server.state.backend: redis`, so replicas share one window per deployment (as
+LiteLLM's router does). The limiter's Redis errors follow `on_state_error`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ from dataclasses import dataclass, field
 
 from itsproxy.proxy.config.model_list import Deployment, ModelEntry
 from itsproxy.proxy.config.server import RouterSettings
-
-WINDOW_S = 60.0  # rpm / tpm, and LiteLLM's allowed_fails, count over one minute
+from itsproxy.proxy.metering.limits import WINDOW_S, LocalLimiter, Rate, RateLimits, Refused
 
 
 class NoDeployment(Exception):
@@ -90,79 +91,43 @@ class Cooldowns:
 
 
 @dataclass
-class _Use:
-    at: float
-    tokens: int
-
-
-@dataclass
-class RateWindows:
-    """Requests and tokens per deployment over a sliding 60 s window."""
-
-    uses: dict[str, deque[_Use]] = field(default_factory=dict)
-
-    def _recent(self, deployment_id: str, now: float) -> deque[_Use]:
-        recent = self.uses.setdefault(deployment_id, deque())
-        while recent and recent[0].at <= now - WINDOW_S:
-            recent.popleft()
-        return recent
-
-    def wait(self, d: Deployment, tokens: int, now: float) -> float:
-        """Seconds until `d` may take a call of `tokens` more tokens (0: now)."""
-        recent = self._recent(d.id, now)
-        waits = [0.0]
-        if d.rpm is not None and len(recent) >= d.rpm:
-            waits.append(recent[len(recent) - d.rpm].at + WINDOW_S - now)
-        if d.tpm is not None:
-            used, need = sum(u.tokens for u in recent), min(tokens, d.tpm)
-            for u in recent:  # the oldest uses leave the window first
-                if used + need <= d.tpm:
-                    break
-                used -= u.tokens
-                waits.append(u.at + WINDOW_S - now)
-        return max(waits)
-
-    def take(self, d: Deployment, tokens: int, now: float) -> _Use:
-        use = _Use(now, tokens)
-        self._recent(d.id, now).append(use)
-        return use
-
-
-@dataclass
 class Lease:
     """One call's claim on a deployment. Report how it went with `done` (exactly once)."""
 
     deployment: Deployment
-    use: _Use
     balancer: Balancer
     solo: bool = False  # the model's only deployment: never cooled down
     finished: bool = False
 
     def done(self, *, tokens: int | None = None, failed: bool = False, rate_limited: bool = False) -> None:
-        """`tokens`: what the call really spent (replaces the estimate in the tpm window);
+        """`tokens`: what the call really spent (charged to the deployment's tpm window);
         `failed`: a retryable failure (counts toward cooldown); `rate_limited`: a 429 (cools down at once)."""
         if self.finished:
             return
         self.finished = True
-        if tokens is not None:
-            self.use.tokens = tokens
+        if tokens and self.deployment.tpm is not None:
+            self.balancer.limits.spend_later(window(self.deployment), tokens)
         if (failed or rate_limited) and not self.solo:
             self.balancer.cooldowns.failed(self.deployment.id, self.balancer.clock(), at_once=rate_limited)
+
+
+def window(d: Deployment) -> str:
+    return f"deployment:{d.id}"
 
 
 class Balancer:
     """One per app: picks deployments, remembers cooldowns and per-minute use."""
 
     def __init__(self, settings: RouterSettings | None = None, *, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, limits: RateLimits | None = None) -> None:
         settings = settings or RouterSettings()
         self.cooldowns = Cooldowns(settings.allowed_fails, settings.cooldown_time_s)
-        self.windows = RateWindows()
+        self.limits = limits or RateLimits(LocalLimiter(clock))
         self.rng = rng or random.Random()
         self.clock = clock
 
-    def acquire(self, entry: ModelEntry, tokens: int = 0, exclude: Iterable[str] = ()) -> Lease:
-        """A deployment of `entry` for one call of about `tokens` tokens, or NoDeployment."""
+    async def acquire(self, entry: ModelEntry, exclude: Iterable[str] = ()) -> Lease:
+        """A deployment of `entry` for one call, or NoDeployment."""
         now = self.clock()
         skip = set(exclude)
         ready: list[Deployment] = []
@@ -170,12 +135,18 @@ class Balancer:
         for d in entry.deployments:
             if d.id in skip:
                 continue
-            wait = max(self.cooldowns.cooling(d.id, now), self.windows.wait(d, tokens, now))
-            if wait > 0:
-                waits.append(wait)
+            cooling = self.cooldowns.cooling(d.id, now)
+            if cooling > 0:
+                waits.append(cooling)
             else:
                 ready.append(d)
-        if not ready:
-            raise NoDeployment(entry.name, min(waits) if waits else None)
-        chosen = shuffle_pick(ready, self.rng)
-        return Lease(chosen, self.windows.take(chosen, tokens, now), self, solo=len(entry.deployments) == 1)
+        while ready:  # the shuffle's pick, unless its window is full: then another
+            chosen = shuffle_pick(ready, self.rng)
+            try:
+                await self.limits.take(window(chosen), Rate(chosen.rpm, chosen.tpm))
+            except Refused as exc:
+                waits.append(exc.retry_after_s)
+                ready.remove(chosen)
+                continue
+            return Lease(chosen, self, solo=len(entry.deployments) == 1)
+        raise NoDeployment(entry.name, min(waits) if waits else None)

@@ -5,15 +5,14 @@ the deployments' balancer, prices, and what it has learned about each model's `n
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from itsproxy.proxy.config import Config, Deployment, ModelEntry
 from itsproxy.proxy.metering.ledger import Ledger
+from itsproxy.proxy.metering.limits import RateLimits
 from itsproxy.proxy.metering.pricing import Prices, prices_for
 from itsproxy.proxy.metering.tokens import warm as warm_tokenizer
 from itsproxy.proxy.upstream.backends.base import Backend, UpstreamBusy, UpstreamError
 from itsproxy.proxy.upstream.backends.direct import DirectBackend, direct_capable
-from itsproxy.proxy.upstream.choices import prompt_estimate
 from itsproxy.proxy.upstream.deployments import Balancer, Lease, NoDeployment
 from itsproxy.proxy.upstream.endpoints import Endpoints
 from itsproxy.proxy.upstream.retry import RetryPolicy
@@ -21,7 +20,7 @@ from itsproxy.proxy.upstream.sampler import RequestSampler
 
 
 class Upstream:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, limits: RateLimits | None = None) -> None:
         self.config = config
         self.models = config.models
         server = config.server
@@ -33,8 +32,7 @@ class Upstream:
         if server.upstream_client == "litellm" or not all(direct_capable(d) for d in deployments):
             self._litellm = self._make_litellm()
         self.semaphore = asyncio.Semaphore(server.max_upstream_concurrency)
-        self.balancer = Balancer(config.router)
-        self.tpm_limited = {m.name for m in self.models.values() if any(d.tpm for d in m.deployments)}
+        self.balancer = Balancer(config.router, limits=limits)
         # model name -> True (n works), False (n refused: fan out). Seeded from model_info.supports_n.
         self.n_support: dict[str, bool] = {k: m.supports_n for k, m in self.models.items() if m.supports_n is not None}
         # Slow first uses happen here, at startup, never inside a request (they would block the event loop):
@@ -66,14 +64,11 @@ class Upstream:
         # Wildcard-served names are priced on use (the cost map is already in memory: read at startup).
         return self.prices.get(entry.name) or prices_for(entry)
 
-    def lease(self, entry: ModelEntry, body: dict[str, Any], tried: list[str],
-              last: UpstreamError | None) -> Lease:
+    async def lease(self, entry: ModelEntry, tried: list[str], last: UpstreamError | None) -> Lease:
         """A deployment for one call; when none is free, the last failure (after a failover)
         or a 429 saying when one frees up."""
-        limited = entry.name in self.tpm_limited
-        estimate = prompt_estimate(body) if limited else 0
         try:
-            return self.balancer.acquire(entry, estimate, tried)
+            return await self.balancer.acquire(entry, tried)
         except NoDeployment as exc:
             if last is not None:
                 raise last from None

@@ -87,7 +87,7 @@ class RequestSampler:
         tried: list[str] = []
         last: UpstreamError | None = None
         while True:
-            lease = self.up.lease(entry, body, tried, last)
+            lease = await self.up.lease(entry, tried, last)
             target = lease.deployment
             try:
                 resp = await self.up.backend(target).complete(target, body, self.timeout(), self.deadline, wire)
@@ -288,7 +288,7 @@ class RequestSampler:
         tried: list[str] = []
         last: UpstreamError | None = None
         while True:
-            lease = self.up.lease(entry, body, tried, last)
+            lease = await self.up.lease(entry, tried, last)
             target, started, tokens = lease.deployment, False, None
             try:
                 upstream = self.up.backend(target).stream(target, body, self.timeout(), self.deadline, wire)
