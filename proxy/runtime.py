@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +17,7 @@ from itsproxy.proxy.metering.budgets import Reservation, build_budgets, key_id
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
 from itsproxy.proxy.metering.limits import LocalLimiter, Rate, RateLimits, Refused
 from itsproxy.proxy.metering.spend import extra_cost, saved_cost
-from itsproxy.proxy.outcome import Outcome, new_id
+from itsproxy.proxy.outcome import Outcome
 from itsproxy.proxy.routing import Router
 from itsproxy.proxy.storage.redis_state import RedisSearchStores, RedisState
 from itsproxy.proxy.storage.response_cache import LocalCache, Lookups
@@ -26,6 +28,9 @@ from itsproxy.proxy.telemetry.history import History
 from itsproxy.proxy.telemetry.traces import build_trace_hook
 from itsproxy.proxy.upstream.pool import Upstream
 
+# An exchange's own id (the access log's, when there is no answer id): unique across replicas
+# without a random draw per request (os.urandom is a system call).
+_PROCESS, _SERIAL = secrets.token_hex(6), itertools.count(1)
 UNROUTED = metrics.UNROUTED  # the route label of requests refused before routing
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
 
@@ -142,7 +147,7 @@ class Exchange:
     error: ApiError | None = None
     settled: bool = False
     reservation: Reservation | None = None  # tokens held in the key's budget until settled
-    id: str = field(default_factory=lambda: new_id("req")[0])
+    id: str = field(default_factory=lambda: f"req-its-{_PROCESS}{next(_SERIAL):x}")
     first_token_at: float | None = None  # monotonic; streams: when the answer's first byte left
 
     def first_token(self) -> None:

@@ -14,15 +14,14 @@ import dataclasses
 import json
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from itsproxy.proxy.config import Route
 from itsproxy.proxy.errors import ApiError
-from itsproxy.proxy.http.auth import client_key
+from itsproxy.proxy.http.auth import caller_key
 from itsproxy.proxy.http.body import read_json
 from itsproxy.proxy.http.json_response import FastJSONResponse
 from itsproxy.proxy.http.sse import KEEPALIVE, EventStream, client_gone
@@ -31,59 +30,12 @@ from itsproxy.proxy.outcome import Outcome, new_id, passthrough_headers, passthr
 from itsproxy.proxy.redact import Redactor
 from itsproxy.proxy.runtime import Exchange, Services
 from itsproxy.proxy.storage.response_cache import Entry, request_key
+from itsproxy.proxy.surface import Call, Relay, ScalingStream, Surface
 from itsproxy.proxy.upstream.backends.base import UpstreamBusy, UpstreamError, UpstreamProtocolError
-from itsproxy.proxy.upstream.replies import Wire
 from itsproxy.strategies.pipeline import NoAnswer, NotEnoughCandidates, Pipeline, RunContext, Unverified
 
 T = TypeVar("T")
 STREAM_GRACE_S = 2.0
-
-
-@dataclass
-class Call:
-    """One client request, as every surface hands it over."""
-
-    model: str
-    messages: list[dict[str, Any]]  # the conversation the strategies see
-    params: dict[str, Any] = field(default_factory=dict)  # client parameters forwarded upstream
-    stream: bool = False
-    include_usage: bool = False
-    n: int | None = None  # the client's own n (best_of on completions): candidates it wants compared
-    its: dict[str, Any] = field(default_factory=dict)  # per-request route adjustments (extra_body its)
-    returned: int = 1  # choices the client gets back (its n)
-    prompt: str | None = None  # completions: the raw prompt
-    echo: bool = False  # completions: the prompt before each choice's text
-    text_logprobs: int | None = None  # completions: logprobs rendered in that API's shape
-    native: dict[str, Any] = field(default_factory=dict)  # the body a passthrough forwards as it came
-
-
-class ScalingStream(Protocol):
-    """How a surface streams a scaling route's outcome."""
-
-    def opening(self) -> list[bytes]: ...
-    def answer(self, outcome: Outcome) -> list[bytes]: ...
-    def error(self, err: ApiError) -> list[bytes]: ...
-
-
-class Relay(Protocol):
-    """How a surface relays a passthrough route's upstream stream."""
-
-    def feed(self, chunk: dict[str, Any]) -> list[bytes]: ...
-    def end(self, its: dict[str, Any], usage: dict[str, int]) -> list[bytes]: ...
-    def error(self, err: ApiError) -> list[bytes]: ...
-
-
-class Surface(Protocol):
-    wire: Wire  # the upstream endpoint a passthrough route forwards to
-
-    def parse(self, body: Any) -> Call: ...
-    def check_scaling(self, call: Call) -> None: ...  # what a scaling route cannot do with this call: 400
-    def upstream_body(self, call: Call) -> dict[str, Any]: ...
-    def render(self, outcome: Outcome, call: Call) -> dict[str, Any]: ...
-    def render_passthrough(self, resp: dict[str, Any], its: dict[str, Any],
-                           usage: dict[str, int]) -> dict[str, Any]: ...
-    def scaling_stream(self, call: Call) -> ScalingStream: ...
-    def relay(self, call: Call) -> Relay: ...
 
 
 class ClientGone(Exception):
@@ -171,7 +123,7 @@ class Scaling:
         return budgets.reserve_completion_tokens if budgets is not None else 0
 
     async def handle(self, request: Request, surface: Surface) -> Response:
-        ex = self.s.exchange(client_key(request.headers))
+        ex = self.s.exchange(caller_key(request.scope))
         handed_over = False  # a stream response settles the exchange itself, when it ends
         try:
             server = self.s.config.server

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from itsproxy.proxy.config import Config, load_config
 from itsproxy.proxy.errors import ApiError
@@ -21,7 +22,8 @@ from itsproxy.proxy.http.completions import CompletionsSurface
 from itsproxy.proxy.http.embeddings import EmbeddingsSurface
 from itsproxy.proxy.http.responses import ResponsesSurface
 from itsproxy.proxy.runtime import Services
-from itsproxy.proxy.scaling import Scaling, Surface
+from itsproxy.proxy.scaling import Scaling
+from itsproxy.proxy.surface import Surface
 from itsproxy.proxy.telemetry import access_log, dashboard, metrics
 from itsproxy.proxy.telemetry.spend_view import budget_endpoint, history_endpoint
 
@@ -54,11 +56,17 @@ async def model(request: Request) -> Response:
     return JSONResponse(_model(name))
 
 
-def _endpoint(scaling: Scaling, surface: Surface) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        return await scaling.handle(request, surface)
+class _Endpoint:
+    """A surface's route as a plain ASGI app: Starlette wraps function endpoints in a second
+    exception-handling layer per request, which ExceptionMiddleware already provides once."""
 
-    return endpoint
+    def __init__(self, scaling: Scaling, surface: Surface | Callable[[], Surface]) -> None:
+        self.scaling, self.surface = scaling, surface
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        surface = self.surface() if callable(self.surface) else self.surface
+        response = await self.scaling.handle(Request(scope, receive, send), surface)
+        await response(scope, receive, send)
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
@@ -85,9 +93,6 @@ def create_app(config: Config) -> Starlette:
                                            ("completions", CompletionsSurface(drop)),
                                            ("embeddings", EmbeddingsSurface(drop))]
 
-    async def responses(request: Request) -> Response:
-        return await scaling.handle(request, ResponsesSurface())  # one per request: it keeps the echo fields
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         try:
@@ -96,8 +101,9 @@ def create_app(config: Config) -> Starlette:
         finally:
             await services.aclose()
 
-    routes: list[BaseRoute] = [Route(f"{prefix}/{path}", _endpoint(scaling, surface), methods=["POST"])
-              for path, surface in surfaces for prefix in ("/v1", "")]
+    responses = _Endpoint(scaling, ResponsesSurface)  # one surface per request: it keeps the echo fields
+    routes: list[BaseRoute] = [Route(f"{prefix}/{path}", _Endpoint(scaling, surface), methods=["POST"])
+                               for path, surface in surfaces for prefix in ("/v1", "")]
     routes += [
         Route("/v1/responses", responses, methods=["POST"]),
         Route("/responses", responses, methods=["POST"]),

@@ -9,9 +9,17 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from itsproxy.proxy.errors import ApiError
 from itsproxy.proxy.telemetry import metrics
+
+KEY_SCOPE = "itsproxy.client_key"  # the ASGI scope entry holding a key the middleware accepted
+
+
+def caller_key(scope: Scope) -> str | None:
+    """The client's key for a request: as the middleware read it, else from its headers."""
+    return scope[KEY_SCOPE] if KEY_SCOPE in scope else client_key(Headers(scope=scope))
 
 
 def client_key(headers: Headers) -> str | None:
@@ -63,7 +71,11 @@ class AuthMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not self.keys or not self.guarded(scope["path"]):
             return await self.app(scope, receive, send)
-        if self.allowed(client_key(Headers(scope=scope))) or self.allowed(page_key(scope)):
+        key = client_key(Headers(scope=scope))
+        if self.allowed(key):
+            scope[KEY_SCOPE] = key  # read once: the request path takes it from here
+            return await self.app(scope, receive, send)
+        if self.allowed(page_key(scope)):
             return await self.app(scope, receive, send)
         headers = {"www-authenticate": 'Basic realm="itsproxy"'} if scope["path"].startswith("/dashboard") else {}
         err = ApiError(401, "Incorrect API key provided", code="invalid_api_key", headers=headers)

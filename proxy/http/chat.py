@@ -9,7 +9,7 @@ from itsproxy.proxy.http.chat_request import parse_request
 from itsproxy.proxy.http.relay import ChunkRelay
 from itsproxy.proxy.http.sse import DONE, sse
 from itsproxy.proxy.outcome import Outcome, new_id
-from itsproxy.proxy.scaling import Call
+from itsproxy.proxy.surface import Call
 from itsproxy.proxy.upstream.replies import CHAT
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from itsproxy.proxy.errors import bad_request
 from itsproxy.proxy.http import fields
 from itsproxy.proxy.params import OWN, split_params
-from itsproxy.proxy.scaling import Call
+from itsproxy.proxy.surface import Call
 
 
 def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> None:

@@ -18,7 +18,7 @@ from itsproxy.proxy.http.relay import ChunkRelay
 from itsproxy.proxy.http.sse import DONE, sse
 from itsproxy.proxy.outcome import Outcome, new_id
 from itsproxy.proxy.params import split_params
-from itsproxy.proxy.scaling import Call
+from itsproxy.proxy.surface import Call
 from itsproxy.proxy.upstream.replies import TEXT
 
 OWN = frozenset({"model", "prompt", "stream", "stream_options", "n", "best_of", "its", "echo", "logprobs"})

@@ -12,7 +12,7 @@ from typing import Any
 from itsproxy.proxy.errors import ApiError, bad_request
 from itsproxy.proxy.outcome import Outcome
 from itsproxy.proxy.params import split_params
-from itsproxy.proxy.scaling import Call, Relay, ScalingStream
+from itsproxy.proxy.surface import Call, Relay, ScalingStream
 from itsproxy.proxy.upstream.replies import EMBEDDINGS
 
 OWN = frozenset({"model", "input"})

@@ -32,7 +32,7 @@ from itsproxy.proxy.http.responses_items import (
 from itsproxy.proxy.http.responses_request import ResponsesRequest, parse_responses
 from itsproxy.proxy.http.responses_stream import ResponseEvents
 from itsproxy.proxy.outcome import Outcome
-from itsproxy.proxy.scaling import Call
+from itsproxy.proxy.surface import Call
 from itsproxy.proxy.upstream.replies import CHAT
 
 

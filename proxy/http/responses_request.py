@@ -17,7 +17,7 @@ from itsproxy.proxy.errors import bad_request
 from itsproxy.proxy.http.fields import its_options
 from itsproxy.proxy.http.responses_items import input_messages
 from itsproxy.proxy.params import FORBIDDEN
-from itsproxy.proxy.scaling import Call
+from itsproxy.proxy.surface import Call
 
 STATELESS = "itsproxy is stateless; send the conversation in `input`"
 # Keys read here; every other key is refused by name (see `_refuse`).

@@ -16,9 +16,10 @@ can be computed for any range); per model: calls, errors and tokens/cost of its 
 
 from __future__ import annotations
 
+import bisect
+import functools
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,35 +53,43 @@ class HistorySink(Protocol):
 
 def _le_index(value: float) -> int:
     """Index of the histogram bucket holding `value` (len(DURATION_BUCKETS): +Inf)."""
-    return next((i for i, le in enumerate(DURATION_BUCKETS) if value <= le), len(DURATION_BUCKETS))
+    return bisect.bisect_left(DURATION_BUCKETS, value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _key(series: str, field: str) -> str:
+    """`route:<name>|<field>`: built once per (series, field), not once per request."""
+    return f"{series}{SEP}{field}"
+
+
+def _add(out: dict[str, float], key: str, value: float) -> None:
+    out[key] = out.get(key, 0.0) + value
 
 
 def increments(r: RequestReport) -> dict[str, float]:
-    """One finished request as bucket increments."""
-    route = f"route:{r.route}{SEP}"
-    out: dict[str, float] = defaultdict(float)
-    out[route + "requests"] += 1
-    out[route + f"status:{r.status}"] += 1
+    """One finished request as bucket increments (runs for every request: kept cheap)."""
+    route = "route:" + r.route
+    out = {_key(route, "requests"): 1.0, _key(route, f"status:{r.status}"): 1.0,
+           _key(route, f"lat:{_le_index(max(0.0, r.duration_s))}"): 1.0}
     if r.status >= 400:
-        out[route + "errors"] += 1
-    out[route + f"lat:{_le_index(max(0.0, r.duration_s))}"] += 1
+        out[_key(route, "errors")] = 1.0
     if r.ttft_s is not None:
-        out[route + f"ttft:{_le_index(max(0.0, r.ttft_s))}"] += 1
+        out[_key(route, f"ttft:{_le_index(max(0.0, r.ttft_s))}")] = 1.0
     for field, value in (("extra_usd", r.extra_cost_usd), ("extra_tokens", r.extra_tokens),
                          ("saved_usd", r.saved_cost_usd_estimate), ("saved_tokens", r.tokens_saved_estimate)):
         if value and value > 0:
-            out[route + field] += value
+            out[_key(route, field)] = float(value)
     for call in r.calls:
-        model = f"model:{call.model}{SEP}"
-        out[model + "calls"] += 1
+        model = "model:" + call.model
+        _add(out, _key(model, "calls"), 1.0)
         if call.outcome == "error":
-            out[model + "errors"] += 1
-        for prefix in (route, model):
-            out[prefix + "prompt_tokens"] += max(0, call.prompt_tokens)
-            out[prefix + "completion_tokens"] += max(0, call.completion_tokens)
+            _add(out, _key(model, "errors"), 1.0)
+        for series in (route, model):
+            _add(out, _key(series, "prompt_tokens"), max(0, call.prompt_tokens))
+            _add(out, _key(series, "completion_tokens"), max(0, call.completion_tokens))
             if call.cost_usd:
-                out[prefix + "cost_usd"] += max(0.0, call.cost_usd)
-    return dict(out)
+                _add(out, _key(series, "cost_usd"), max(0.0, call.cost_usd))
+    return out
 
 
 def tier_for(span_s: float) -> Tier:
@@ -106,9 +115,11 @@ class History:
         for tier in TIERS:
             start = int(now // tier.step_s) * tier.step_s
             buckets = self._tiers[tier.step_s]
-            bucket = buckets.setdefault(start, defaultdict(float))
+            bucket = buckets.get(start)
+            if bucket is None:
+                bucket = buckets[start] = {}
             for k, v in inc.items():
-                bucket[k] += v
+                bucket[k] = bucket.get(k, 0.0) + v
             while buckets and next(iter(buckets)) < now - tier.keep_s - tier.step_s:
                 del buckets[next(iter(buckets))]  # insertion order is time order
             if self.sink is not None:

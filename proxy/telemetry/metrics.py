@@ -147,31 +147,39 @@ def _observe(r: RequestReport) -> None:
     _child(DURATION, route).observe(max(0.0, r.duration_s))
     for call in r.calls:
         _observe_call(route, call)
-    _child(SELECTED_TOKENS, route).inc(_nonneg(r.selected.total_tokens))
-    _child(EXTRA_TOKENS, route).inc(_nonneg(r.extra_tokens))
+    _add(SELECTED_TOKENS, r.selected.total_tokens, route)
+    _add(EXTRA_TOKENS, r.extra_tokens, route)
     if r.candidates > 0:
         _child(CANDIDATES, route).observe(r.candidates)
     if r.agreement is not None:
         _child(AGREEMENT, route).observe(min(1.0, max(0.0, r.agreement)))
     if r.verified is not None:
         _child(VERIFIED, route, "pass" if r.verified else "fail").inc()
-    # inc(0) still creates the per-route series, so rate() and the stats see a 0, not a gap.
-    _child(DISAGREEMENTS, route).inc(_nonneg(r.judge_checker_disagreements))
-    _child(CANDIDATES_SAVED, route).inc(_nonneg(r.candidates_saved))
-    _child(TOKENS_SAVED, route).inc(_nonneg(r.tokens_saved_estimate))
-    _child(DEGRADED, route).inc(1 if r.degraded else 0)
-    _child(EXTRA_COST, route).inc(_nonneg(r.extra_cost_usd))
-    _child(COST_SAVED, route).inc(_nonneg(r.saved_cost_usd_estimate))
+    _add(DISAGREEMENTS, r.judge_checker_disagreements, route)
+    _add(CANDIDATES_SAVED, r.candidates_saved, route)
+    _add(TOKENS_SAVED, r.tokens_saved_estimate, route)
+    _add(DEGRADED, 1 if r.degraded else 0, route)
+    _add(EXTRA_COST, r.extra_cost_usd, route)
+    _add(COST_SAVED, r.saved_cost_usd_estimate, route)
     if r.ttft_s is not None:
         _child(TTFT, route).observe(max(0.0, r.ttft_s))
 
 
+def _add(counter, amount, *labels) -> None:
+    """Add a non-negative amount. The series exists from the first request on (a 0, not a gap,
+    for rate() and the stats); after that a zero costs no lock."""
+    child = _child(counter, *labels)
+    amount = _nonneg(amount)
+    if amount:
+        child.inc(amount)
+
+
 def _observe_call(route: str, call) -> None:
     _child(UPSTREAM_CALLS, route, call.model, call.phase, call.outcome).inc()
-    _child(TOKENS, route, call.model, call.phase, "prompt").inc(_nonneg(call.prompt_tokens))
-    _child(TOKENS, route, call.model, call.phase, "completion").inc(_nonneg(call.completion_tokens))
+    _add(TOKENS, call.prompt_tokens, route, call.model, call.phase, "prompt")
+    _add(TOKENS, call.completion_tokens, route, call.model, call.phase, "completion")
     if call.cost_usd is not None:
-        _child(COST, route, call.model, call.phase).inc(_nonneg(call.cost_usd))
+        _add(COST, call.cost_usd, route, call.model, call.phase)
     elif call.total_tokens:
         _child(COST_UNKNOWN, route, call.model).inc()
 
