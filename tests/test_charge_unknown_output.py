@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import openai
 import pytest
@@ -19,13 +20,15 @@ MAX_TOKENS = 64
 RESERVED = MAX_TOKENS + len(json.dumps(MSG)) // 3 + 1  # request_maximum for one candidate
 
 
-@pytest.fixture
-def proxy(make_proxy, sim, tmp_path):
+@pytest.fixture(params=["auto", "litellm"])
+def proxy(request, make_proxy, sim, tmp_path):
+    """Both upstream backends: litellm reports a cut body as a connection error, which must not
+    turn into an unmetered call (via_litellm.py tells the two apart)."""
     models = sim_models(sim.url, cut="sim@reset_mid_body", bad_chunk="sim@malformed_chunk")
     config = {"model_list": models,
               "routes": [{"name": m, "match": {"model": m}, "generate": {"model": m}, "passthrough": True}
                          for m in ("sim", "cut", "bad_chunk")],
-              "server": {"api_keys": [KEY], "state_dir": str(tmp_path)},
+              "server": {"api_keys": [KEY], "state_dir": str(tmp_path), "upstream_client": request.param},
               "budgets": {"tokens_per_day": 10_000_000, "state_timeout_s": 5.0}}
     p = make_proxy(config, sim, api_key=KEY)
     p.db = tmp_path / "budgets.sqlite3"
@@ -33,8 +36,13 @@ def proxy(make_proxy, sim, tmp_path):
 
 
 def _spent(path) -> tuple[int, int]:
-    with sqlite3.connect(path) as db:
-        row = db.execute("SELECT tokens, reserved FROM spend WHERE key_id = ?", (key_id(KEY),)).fetchone()
+    """(charged, still reserved), once the request has settled (a stream settles as it closes)."""
+    for _ in range(200):
+        with sqlite3.connect(path) as db:
+            row = db.execute("SELECT tokens, reserved FROM spend WHERE key_id = ?", (key_id(KEY),)).fetchone()
+        if row and row[1] == 0:
+            break
+        time.sleep(0.025)
     return (row[0], row[1]) if row else (0, 0)
 
 

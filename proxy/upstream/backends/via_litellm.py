@@ -11,6 +11,9 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import aiohttp
+import httpx
+
 from itsproxy.proxy.config import Deployment
 from itsproxy.proxy.params import FORWARD
 from itsproxy.proxy.upstream.backends.base import UpstreamError, UpstreamProtocolError
@@ -34,7 +37,23 @@ def _retry_after(exc: Exception) -> float | None:
 _MALFORMED = ("Invalid response object", "Empty or invalid response")
 
 
+def _broke_off(exc: BaseException) -> bool:
+    """The reply's headers came (a 2xx: the upstream read the prompt) and its body broke off. litellm
+    reports this as a "Connection error" 500 like a refused connection; the cause chain tells them apart."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, aiohttp.ClientPayloadError) or (
+                isinstance(seen, httpx.RemoteProtocolError) and "message body" in str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _error(exc: Exception) -> UpstreamError:
+    if _broke_off(exc):  # metered like the lean path's cut body: estimated, its output length unknown
+        return UpstreamProtocolError("upstream reply broke off", "upstream_error")
     status = getattr(exc, "status_code", None)
     # litellm's messages can carry a traceback and the whole upstream reply: the first line says enough.
     message = str(getattr(exc, "message", None) or exc).strip().split("\n", 1)[0]
