@@ -65,6 +65,7 @@ SURFACES = ("passthrough", "vote")
 TIMEOUT_S = 3  # every route's deadline: a hanging upstream is a 504 after this
 RESERVE_CAP = 256  # budgets.reserve_completion_tokens: what a call of unknown output length is charged
 LOAD_LATENCY_MS = 2000
+DISCONNECT_UPSTREAM = "latency_ms=300"  # the client leaves at 0.2 s, before any answer
 QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
 DEEP = b'{"model": "M", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 BAD_INPUTS: list[tuple[str, bytes]] = [
@@ -94,7 +95,9 @@ def model(name: str, sim_url: str, opts: str) -> dict[str, Any]:
 def config(sim_url: str, faults: Sequence[str], backend: str, state_dir: str, verifier_url: str,
            load_n: int) -> dict[str, Any]:
     models, routes = [], []
-    for i, fault in enumerate([*faults, f"latency_ms={LOAD_LATENCY_MS}"]):  # the last one: the load's upstream
+    # After the faults: the disconnects' upstream (unless a fault is it already), then the load's.
+    extra = [] if DISCONNECT_UPSTREAM in faults else [DISCONNECT_UPSTREAM]
+    for i, fault in enumerate([*faults, *extra, f"latency_ms={LOAD_LATENCY_MS}"]):
         models.append(model(f"m{i}", sim_url, "sim" if fault == "none" else f"sim@{fault}"))
         names = route_names(i)
         routes.append({"name": names["passthrough"], "match": {"model": names["passthrough"]},
@@ -292,7 +295,7 @@ class Campaign:
 
     def disconnect_rows(self) -> list[Row]:
         """The client leaves 0.2 s into a 300 ms-per-call upstream, before any answer."""
-        i = self.faults.index("latency_ms=300") if "latency_ms=300" in self.faults else len(self.faults)
+        i = self.faults.index(DISCONNECT_UPSTREAM) if DISCONNECT_UPSTREAM in self.faults else len(self.faults)
         rows = []
         for surface, route in route_names(i).items():
             for stream in (False, True):
@@ -311,7 +314,7 @@ class Campaign:
 
     def load(self, requests: int = 200, n: int = 8) -> tuple[Row, str]:
         """`requests` concurrent vote n=`n` requests against a LOAD_LATENCY_MS upstream."""
-        route = route_names(len(self.faults))["vote"]
+        route = route_names(len(self.faults) + (DISCONNECT_UPSTREAM not in self.faults))["vote"]
 
         async def one(client: openai.AsyncOpenAI) -> tuple[int, int, float]:
             started = time.monotonic()
