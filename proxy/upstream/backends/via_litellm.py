@@ -73,6 +73,31 @@ def _dump(obj: Any) -> Any:
     return obj.model_dump(exclude_none=True) if hasattr(obj, "model_dump") else obj
 
 
+_SAYS = ("content", "tool_calls", "function_call", "reasoning_content", "refusal")
+
+
+def _says(choice: Any) -> bool:
+    """A choice (or a stream chunk's choice) carries some answer: text, a tool call, reasoning."""
+    if not isinstance(choice, dict):
+        return False
+    part = choice.get("message") or choice.get("delta") or {}
+    return bool(choice.get("text")) or (isinstance(part, dict) and any(part.get(k) for k in _SAYS))
+
+
+def _own_usage(resp: dict[str, Any]) -> dict[str, Any]:
+    """litellm fills a `usage` the upstream left out (zeros) or left half out (completion_tokens 0 for
+    an answer that has text). Such a usage is litellm's, not the upstream's: it is dropped, so the
+    call is counted by the proxy and flagged estimated, like the lean path's reply without usage."""
+    u = resp.get("usage")
+    if not isinstance(u, dict):
+        return resp
+    prompt, completion, total = (u.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+    answered = any(_says(c) for c in resp.get("choices") or [])
+    if not prompt or (answered and not completion) or (isinstance(total, int) and total != prompt + (completion or 0)):
+        resp = {k: v for k, v in resp.items() if k != "usage"}
+    return resp
+
+
 # What litellm's completion, text_completion and embedding calls take by name.
 LITELLM_KNOWN = FORWARD | {"messages", "prompt", "input", "stream", "stream_options", "n", "echo", "best_of", "suffix",
                            "encoding_format", "dimensions"}
@@ -110,16 +135,18 @@ class LitellmBackend:
 
     async def complete(self, entry: Deployment, body: dict[str, Any], timeout: float,
                        deadline: float | None = None, wire: Wire = CHAT) -> dict[str, Any]:
-        return wire.check(_dump(await self._call(self._kwargs(entry, body, timeout), deadline, wire)))
+        raw = _dump(await self._call(self._kwargs(entry, body, timeout), deadline, wire))
+        return wire.check(_own_usage(raw) if wire is not EMBEDDINGS and isinstance(raw, dict) else raw)
 
     async def stream(self, entry: Deployment, body: dict[str, Any], timeout: float,
                      deadline: float | None = None, wire: Wire = CHAT) -> AsyncGenerator[dict[str, Any], None]:
         resp = await self._call(self._kwargs(entry, {**body, "stream": True}, timeout), deadline, wire)
-        finishes = Finishes()
+        finishes, said = Finishes(), False
         try:
             async for raw in resp:
                 chunk = wire.check_chunk(_dump(raw))
                 finishes.add(chunk)
+                said = said or any(_says(c) for c in chunk.get("choices") or [])
                 yield chunk
         except UpstreamError:
             raise
@@ -127,6 +154,9 @@ class LitellmBackend:
             raise UpstreamProtocolError(f"upstream stream failed: {_error(exc).message}",
                                         "upstream_stream_error") from None
         finishes.check_ended()  # litellm hides [DONE]: a finish_reason per choice is the only sign of an end
+        if not said:  # e.g. a stream request answered with plain JSON: litellm makes it one empty "stop"
+            raise UpstreamProtocolError("upstream stream carried no answer (not an event stream litellm could read)",
+                                        "upstream_not_sse")
 
     async def aclose(self) -> None:
         return None
