@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from bench.faults_capture import AsyncTeeTransport, EchoingVerifier, Sink, TeeTr
 from bench.faults_state import HEADERS as STATE_HEADERS
 from bench.faults_state import config as state_proxy_config
 from bench.faults_state import state_rows
+from bench.faults_table import HEADERS, Row, combined
 from bench.table import markdown
 from itsproxy.proxy.config import parse_config
 from itsproxy.proxy.http.app import create_app
@@ -116,32 +116,6 @@ def config(sim_url: str, faults: Sequence[str], backend: str, state_dir: str, ve
             "server": {"api_keys": [SERVER_KEY], "state_dir": state_dir, "upstream_client": backend,
                        "max_upstream_concurrency": max(256, load_n * 8)},
             "budgets": {"tokens_per_day": 10**12, "reserve_completion_tokens": RESERVE_CAP, "state_timeout_s": 5.0}}
-
-
-@dataclass
-class Row:
-    case: str
-    surface: str
-    stream: bool | str
-    outcome: str
-    counted: str
-    told: int
-    served: int
-    charged: int
-    flagged: bool
-
-    @property
-    def lost(self) -> int:
-        return self.served - max(self.told, self.charged)
-
-    def cells(self) -> list[object]:
-        stream = self.stream if isinstance(self.stream, str) else ("yes" if self.stream else "no")
-        lost = f"{self.lost} !" if self.lost > 0 else self.lost
-        return [self.case, self.surface, stream, self.outcome, self.counted, self.told, self.served, self.charged,
-                "yes" if self.flagged else "", lost]
-
-
-HEADERS = ["fault", "surface", "stream", "outcome", "counted", "told", "served", "charged", "flagged", "lost"]
 
 
 class AccessLines(logging.Handler):
@@ -402,9 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sys.stderr = real_stderr
     rows: list[Row] = [r for b in args.backends for r in out[b]]
-    for backend in args.backends:
-        print(f"\n{backend}:\n")
-        print(markdown(HEADERS, [r.cells() for r in out[backend]]))
+    if len(args.backends) == 2:
+        print(combined(out[args.backends[0]], out[args.backends[1]], args.backends))
+    else:
+        print(markdown(HEADERS, [r.cells() for r in out[args.backends[0]]]))
     if out.get("state"):
         print("\n" + markdown(STATE_HEADERS, [r.cells() for r in out["state"]]))
     if out["summary"]:

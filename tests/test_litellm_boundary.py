@@ -34,6 +34,15 @@ def test_an_answer_without_a_real_usage_is_counted_not_free(proxy, model):
         assert r.model_extra["its"]["usage"]["estimated"] is True
 
 
+@pytest.mark.parametrize("model", ["nousage", "halfusage"])
+def test_a_streamed_answer_without_a_real_usage_is_counted_not_free(proxy, model):
+    usage = None
+    for chunk in proxy.client.chat.completions.create(model=model, messages=MSG, stream=True,
+                                                      stream_options={"include_usage": True}):
+        usage = chunk.usage or usage
+    assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0, usage
+
+
 def test_a_stream_answered_with_plain_json_is_never_an_empty_success(proxy):
     text, error = "", None
     try:

@@ -89,13 +89,16 @@ def _own_usage(resp: dict[str, Any]) -> dict[str, Any]:
     an answer that has text). Such a usage is litellm's, not the upstream's: it is dropped, so the
     call is counted by the proxy and flagged estimated, like the lean path's reply without usage."""
     u = resp.get("usage")
-    if not isinstance(u, dict):
-        return resp
-    prompt, completion, total = (u.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
-    answered = any(_says(c) for c in resp.get("choices") or [])
-    if not prompt or (answered and not completion) or (isinstance(total, int) and total != prompt + (completion or 0)):
-        resp = {k: v for k, v in resp.items() if k != "usage"}
+    if isinstance(u, dict) and not _real_usage(u, any(_says(c) for c in resp.get("choices") or [])):
+        return {k: v for k, v in resp.items() if k != "usage"}
     return resp
+
+
+def _real_usage(u: dict[str, Any], answered: bool) -> bool:
+    prompt, completion, total = (u.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+    if not prompt or (answered and not completion):
+        return False
+    return not (isinstance(total, int) and isinstance(completion, int) and total != prompt + completion)
 
 
 # What litellm's completion, text_completion and embedding calls take by name.
@@ -147,6 +150,9 @@ class LitellmBackend:
                 chunk = wire.check_chunk(_dump(raw))
                 finishes.add(chunk)
                 said = said or any(_says(c) for c in chunk.get("choices") or [])
+                usage = chunk.get("usage")
+                if isinstance(usage, dict) and not _real_usage(usage, said):  # see _own_usage
+                    chunk = {k: v for k, v in chunk.items() if k != "usage"}
                 yield chunk
         except UpstreamError:
             raise
