@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import sqlite3
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ from typing import Any
 import httpx
 import openai
 
-from bench.faults_capture import AsyncTeeTransport, EchoingVerifier, Sink, TeeTransport, found, install_stderr_tee
+from bench.faults_capture import AsyncTeeTransport, EchoingVerifier, Sink, TeeTransport, found, proxy_output
 from bench.faults_state import HEADERS as STATE_HEADERS
 from bench.faults_state import config as state_proxy_config
 from bench.faults_state import state_rows
@@ -46,7 +45,6 @@ from itsproxy.proxy.http.app import create_app
 from itsproxy.proxy.serving import ServerHandle, embedded_config, serve_in_thread
 from itsproxy.proxy.simulator import SimConfig
 from itsproxy.proxy.simulator import serve_in_thread as serve_simulator
-from itsproxy.proxy.telemetry import access_log
 
 SECRET = "sk-campaign-upstream-secret-93c1"  # the upstream key (model api_key)
 SERVER_KEY = "sk-campaign-server-key-5e2a"  # server.api_keys: the clients' key
@@ -141,7 +139,9 @@ class Campaign:
         self.sim = serve_simulator(SimConfig(seed=11))
         self.verifier = EchoingVerifier()
         self.access = AccessLines()
+        self._access_level = logging.getLogger("itsproxy.access").level
         logging.getLogger("itsproxy.access").addHandler(self.access)
+        logging.getLogger("itsproxy.access").setLevel(logging.INFO)  # the `flagged` column reads it
         cfg = config(self.sim.url, self.faults, BACKENDS[backend], self.tmp.name, self.verifier.url, load_n)
         self.proxy: ServerHandle = serve_in_thread(embedded_config(create_app(parse_config(cfg))))
         self.client = openai.OpenAI(base_url=self.proxy.base_url, api_key=SERVER_KEY, max_retries=0, timeout=30,
@@ -156,6 +156,7 @@ class Campaign:
         traces = Path(self.tmp.name) / "traces.jsonl"
         self.sink.add("traces", traces.read_text() if traces.exists() else "")
         logging.getLogger("itsproxy.access").removeHandler(self.access)
+        logging.getLogger("itsproxy.access").setLevel(self._access_level)
         self.client.close()
         self.http.close()
         self.proxy.stop()
@@ -369,12 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     started = time.monotonic()
     sink = Sink()
-    real_stderr = install_stderr_tee(sink)  # before the proxy's log handlers bind to stderr
-    try:
-        access_log.configure("info")
+    with proxy_output(sink):
         out = run(args.faults or FAULTS, args.backends, args.load, not args.no_state, sink)
-    finally:
-        sys.stderr = real_stderr
     rows: list[Row] = [r for b in args.backends for r in out[b]]
     if len(args.backends) == 2:
         print(combined(out[args.backends[0]], out[args.backends[1]], args.backends))

@@ -12,8 +12,10 @@ the trace file and a final `/metrics` scrape. Each secret is searched plain and 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import logging
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -21,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TextIO
 
 import httpx
+
+from itsproxy.proxy.telemetry import access_log
 
 
 class Sink:
@@ -163,3 +167,23 @@ class EchoingVerifier:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.contextmanager
+def proxy_output(sink: Sink) -> Iterator[None]:
+    """stderr teed into `sink`, with the log handlers `itsproxy serve` installs (its warnings and
+    access log, written to that stderr); on exit stderr and the loggers are as they were."""
+    loggers = [logging.getLogger("itsproxy"), access_log.log]
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    real = install_stderr_tee(sink)
+    try:
+        for lg in loggers:
+            lg.handlers.clear()
+        access_log.configure("info")
+        yield
+    finally:
+        sys.stderr = real
+        for lg, handlers, level, propagate in saved:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate

@@ -6,14 +6,11 @@ whose critique carries its env token and a verifier that echoes its Authorizatio
 from __future__ import annotations
 
 import base64
-import logging
-import sys
 
 import pytest
 
 from bench.faults import SECRETS, Campaign
-from bench.faults_capture import Sink, found, install_stderr_tee
-from itsproxy.proxy.telemetry import access_log
+from bench.faults_capture import Sink, found, proxy_output
 
 FAULTS = ["none", "echo_key", "reset_mid_body", "fail_rate=1@fail_status=500"]
 
@@ -21,19 +18,12 @@ FAULTS = ["none", "echo_key", "reset_mid_body", "fail_rate=1@fail_status=500"]
 @pytest.mark.parametrize("backend", ["lean", "litellm"])
 def test_no_secret_leaves_the_proxy_under_the_campaign(backend):
     sink = Sink()
-    real = install_stderr_tee(sink)
-    own = logging.getLogger("itsproxy")
-    handlers = list(own.handlers), list(access_log.log.handlers)
-    try:
-        access_log.configure("info")  # the handlers `itsproxy serve` installs, writing to the tee
+    with proxy_output(sink):  # stderr and the log handlers `itsproxy serve` installs
         campaign = Campaign(FAULTS, backend, sink)
         try:
             rows = campaign.fault_rows() + (campaign.checker_rows() if backend == "lean" else [])
         finally:
             campaign.close()
-    finally:
-        sys.stderr = real
-        own.handlers[:], access_log.log.handlers[:] = handlers
     text = sink.text()
     assert "[stderr]" in text and "[traces]" in text and "[metrics]" in text and "[headers]" in text
     assert '"route":"pass1"' in text  # the access log is in what was searched
