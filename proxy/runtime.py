@@ -201,6 +201,8 @@ class Exchange:
             await asyncio.shield(asyncio.ensure_future(s.limits.spend(f"key:{s.budgets.key_id(self.key)}", tokens)))
         if s.budgets is not None and self.reservation is not None:
             spent = self.ledger.total().total_tokens
+            if self.ledger.output_unknown:  # charge conservatively: the reservation, not a guess
+                spent = max(spent, self.reservation.tokens)
             cost = sum(c.cost_usd or 0.0 for c in self.ledger.calls)  # priced calls count even if others are not
             # Shielded: a client leaving must not cancel the settlement of what was spent.
             await asyncio.shield(asyncio.ensure_future(s.budgets.settle(self.reservation, spent, cost)))

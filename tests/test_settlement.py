@@ -107,6 +107,13 @@ def _charged(proxy: Proxy, before: int, expected: int, timeout: float = 5.0) -> 
     return _spent(proxy) - before
 
 
+def _charged_more(proxy: Proxy, before: int, than: int, timeout: float = 5.0) -> int:
+    end = time.monotonic() + timeout
+    while _spent(proxy) - before <= than and time.monotonic() < end:
+        time.sleep(0.02)
+    return _spent(proxy) - before
+
+
 def _settled(reports: list, route: str, timeout: float = 15.0) -> list:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -171,7 +178,10 @@ def test_settled_exactly_once(settle_proxy, case: str, strategy: str, stream: bo
     assert report.status == expected
     assert _count(route, expected) - before_count == 1
     metered = sum(c.prompt_tokens + c.completion_tokens for c in report.calls)
-    assert _charged(proxy, before_spent, metered) == metered, "the budget is charged what the ledger metered"
+    if any(c.output_unknown for c in report.calls):  # a call broke off: the reservation is kept (runtime.py)
+        assert _charged_more(proxy, before_spent, metered) > metered, "charged its reservation"
+    else:
+        assert _charged(proxy, before_spent, metered) == metered, "the budget is charged what the ledger metered"
     assert _traced(proxy, route) == [*before_traced, expected]
     if case == "success":
         assert metered > 0

@@ -2,7 +2,11 @@
 
 A request reserves its maximum (see `request_maximum` in scaling.py: n x (max_tokens or
 `reserve_completion_tokens`) + a prompt estimate) while the key still has headroom
-(spent + reserved < limit); settling swaps the reservation for what the ledger metered.
+(spent + reserved < limit); settling swaps the reservation for what the ledger metered,
+or keeps the whole reservation when a call broke off (cut body or stream, cancelled, past
+its deadline): what the upstream generated then is unknown, so the budget is charged the
+request's maximum rather than a guess (runtime.py; the client's `usage` stays "what arrived",
+flagged estimated).
 So however many requests run at once, a day's spend passes the limit by at most one
 request's maximum (plus what the estimate missed: judge/repair calls, a long prompt).
 Cost is checked (spent < limit) but not reserved: prices are known only after the call.

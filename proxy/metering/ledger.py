@@ -23,6 +23,7 @@ class CallRecord:
     latency_s: float = 0.0
     outcome: str = "ok"  # ok | error | cancelled
     estimated: bool = False  # counted with tiktoken, the upstream gave no usage
+    output_unknown: bool = False  # it broke off: the upstream may have generated more than arrived
     choices: int = 0
 
     @property
@@ -88,6 +89,11 @@ class Ledger:
     @property
     def estimated(self) -> bool:
         return any(c.estimated for c in self.calls)
+
+    @property
+    def output_unknown(self) -> bool:
+        """A call broke off (cut body or stream, cancelled, deadline): what it generated is unknown."""
+        return any(c.output_unknown for c in self.calls)
 
     def usage_breakdown(self, selected: Tokens) -> dict[str, Any]:
         total = self.total()

@@ -55,6 +55,7 @@ class SimConfig:
     object_content: bool = False
     trickle_ms: float = 0.0
     huge_body_mb: float = 0.0
+    echo_key: bool = False  # 401 whose error message, param and code echo the bearer key it was sent
 
     def __post_init__(self) -> None:
         self.accuracy = parse_accuracy(self.accuracy)
@@ -103,7 +104,7 @@ class SimConfig:
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(SimConfig)}
 BOOL_FIELDS = {"no_n", "hang", "no_usage", "refuse", "reset_mid_body", "truncate_stream", "no_done",
                "malformed_chunk", "sse_multiline", "sse_comments", "crlf", "json_to_stream", "html_reply",
-               "bad_choices", "object_content"}
+               "bad_choices", "object_content", "echo_key"}
 INT_FIELDS = {"seed", "max_n", "fail_status", "retry_after_s"}
 STR_FIELDS = {"bad_usage"}
 ALIASES = {"acc": "accuracy", "fewer_choices": "max_n"}
@@ -207,6 +208,7 @@ _HELP = {
     "retry_after_s": "Retry-After header (seconds) on simulated failures",
     "refuse": "reset the connection without answering",
     "reset_mid_body": "send half the body, then reset the connection",
+    "echo_key": "answer 401 echoing the bearer key in error.message, param and code",
     "truncate_stream": "end streams halfway: no finish_reason, no [DONE]",
     "no_done": "end streams without data: [DONE]",
     "malformed_chunk": "a non-JSON data line in the middle of streams",

@@ -14,6 +14,7 @@ CLI flag. They apply to chat and completions (connection- and status-level ones 
 - `crlf`: CRLF line endings in the stream (legal SSE)
 - `json_to_stream`: a stream request answered with the plain JSON completion
 - `html_reply`: 200 `text/html`, an HTML page
+- `echo_key`: 401 whose error `message`, `param` and `code` repeat the bearer key it was sent
 - `bad_usage=negative|string|list|missing`: completion_tokens -100000 | every count a string |
   usage a list `[p, c, t]` | usage with only `prompt_tokens` (`no_usage` omits usage altogether)
 - `bad_choices`: `choices: [1, "two", null]` (in a stream, on one mid-stream chunk)

@@ -70,6 +70,11 @@ async def gate(st: SimState, request: Request, model: str, cfg: SimConfig) -> Re
     if cfg.refuse or cfg.html_reply:
         st.stats.add(model, errors=1)
         return faults.Refused() if cfg.refuse else faults.html_reply()
+    if cfg.echo_key:  # a careless upstream: its 401 repeats the key it was sent, in every field
+        st.stats.add(model, errors=1)
+        key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return json_response(wire.error_body(f"Incorrect API key provided: {key}", "invalid_request_error",
+                                             key, key), 401)
     if cfg.fail_rate and st.fault_rng.random() < cfg.fail_rate:
         st.stats.add(model, errors=1)
         response = json_response(wire.fault_body(cfg.fail_status), cfg.fail_status)

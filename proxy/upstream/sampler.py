@@ -114,6 +114,7 @@ class RequestSampler:
             record.completion_tokens = usage.get("completion_tokens", 0)
         else:
             record.prompt_tokens = prompt_estimate(body)
+            record.output_unknown = True
         record.estimated = True
         record.cost_usd = self.up.price(entry).cost(record.prompt_tokens, record.completion_tokens, 0)
 
@@ -321,6 +322,7 @@ class RequestSampler:
             record.prompt_tokens = prompt_estimate(body)
             record.completion_tokens = sum(count_message(m) for m in messages)
             record.estimated = True
+            record.output_unknown = record.outcome != "ok"  # it broke off: more may have been generated
         record.choices = max(1, len(messages))
         record.cost_usd = self.up.price(entry).cost(record.prompt_tokens, record.completion_tokens,
                                                            record.cached_tokens)
