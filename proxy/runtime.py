@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import secrets
 import time
@@ -31,6 +32,7 @@ from itsproxy.proxy.upstream.pool import Upstream
 # An exchange's own id (the access log's, when there is no answer id): unique across replicas
 # without a random draw per request (os.urandom is a system call).
 _PROCESS, _SERIAL = secrets.token_hex(6), itertools.count(1)
+log = logging.getLogger("itsproxy")
 UNROUTED = metrics.UNROUTED  # the route label of requests refused before routing
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
 
@@ -102,7 +104,10 @@ class Services:
     def observe(self, report: RequestReport, outcome: Outcome | None = None) -> None:
         self._metrics.observe(report)
         for hook in self.hooks:
-            hook(report, outcome)
+            try:
+                hook(report, outcome)
+            except Exception:  # noqa: BLE001 - an observer's bug must not skip the budget charge after it
+                log.exception("settlement hook %r failed for request %s", hook, report.id)
 
     def exchange(self, key: str | None) -> Exchange:
         ex = Exchange(self, key, time.monotonic(), Ledger())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any
 
 import msgspec
 
@@ -45,19 +45,22 @@ def record(report: RequestReport) -> dict[str, Any]:
 _encode = msgspec.json.Encoder().encode  # ~10x json.dumps; the same compact JSON
 
 
-_stream: TextIO | None = None  # set by configure(): `itsproxy serve` writes the lines itself
+_direct = False  # set by configure(): `itsproxy serve` writes the lines itself
 
 
 def access_line(report: RequestReport, outcome: object = None) -> None:
-    """A `Services` hook: log one settled request.
+    """A `Services` hook: log one settled request. Never raises: a log must not fail a request.
 
     Served by `itsproxy serve`, the line goes straight to stderr: the logging module's record,
     caller lookup and handler lock cost several times the line itself, on every request.
     Embedded (create_app in someone else's process) it goes to the `itsproxy.access` logger."""
-    if _stream is not None:
-        _stream.write(_encode(record(report)).decode() + "\n")
-    elif log.isEnabledFor(logging.INFO):
-        log.info(_encode(record(report)).decode())
+    try:
+        if _direct:
+            sys.stderr.write(_encode(record(report)).decode() + "\n")
+        elif log.isEnabledFor(logging.INFO):
+            log.info(_encode(record(report)).decode())
+    except (OSError, ValueError):  # stderr closed or full: the request is still settled
+        pass
 
 
 def configure(level: str) -> None:
@@ -65,7 +68,7 @@ def configure(level: str) -> None:
     `level`; the access log to stderr as bare JSON lines whatever `level` is (it is switched by
     server.access_log). Records skip what no line here prints (caller, thread and process names):
     the logging HOWTO's "Optimization" switches."""
-    global _stream
+    global _direct
     logging._srcfile = None  # no caller lookup (a stack walk per record)
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     own = logging.getLogger("itsproxy")
@@ -76,4 +79,4 @@ def configure(level: str) -> None:
     own.setLevel(level.upper())
     log.setLevel(logging.INFO)
     log.propagate = False
-    _stream = sys.stderr  # line-buffered: one write per line, as a StreamHandler would
+    _direct = True  # stderr is line-buffered: one write per line, as a StreamHandler would

@@ -142,6 +142,8 @@ class Balancer:
                 ready.append(d)
         while ready:  # the shuffle's pick, unless its window is full: then another
             chosen = shuffle_pick(ready, self.rng)
+            if chosen.rpm is None and chosen.tpm is None:  # no window to ask (the common case)
+                return Lease(chosen, self, solo=len(entry.deployments) == 1)
             try:
                 await self.limits.take(window(chosen), Rate(chosen.rpm, chosen.tpm))
             except Refused as exc:
