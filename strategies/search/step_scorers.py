@@ -63,9 +63,10 @@ class StepJudge:
             raise SpecError(f"{path}.rubric", "must be a string")
         return cls(model, rubric.strip(), temperature(spec, path), positive_int(spec, "max_tokens", path, None))
 
-    async def scores(self, ctx: RunContext, texts: list[str], partial: bool) -> tuple[list[float | None], list[str]]:
+    async def scores(self, ctx: RunContext, texts: list[str],
+                     partial: list[bool]) -> tuple[list[float | None], list[str]]:
         """Each text's score in [0, 1] (None where the judge gave none), and notes on failures."""
-        results = await bounded_gather(self._one(ctx, t, partial) for t in texts)
+        results = await bounded_gather(self._one(ctx, t, p) for t, p in zip(texts, partial))
         return [s for s, _ in results], [n for _, n in results if n]
 
     async def _one(self, ctx: RunContext, text: str, partial: bool) -> tuple[float | None, str]:
@@ -97,9 +98,9 @@ class StepCheck:
             raise SpecError(f"{path}.extract", "a step check sees the partial text, not an extracted answer")
         return cls(build_checkers(spec, path))
 
-    async def passes(self, ctx: RunContext, texts: list[str], partial: bool) -> list[bool]:
+    async def passes(self, ctx: RunContext, texts: list[str], partial: list[bool]) -> list[bool]:
         """Whether every checker passed each text; a fault is a rejection."""
-        return list(await asyncio.gather(*(self._one(ctx, t, partial) for t in texts)))
+        return list(await asyncio.gather(*(self._one(ctx, t, p) for t, p in zip(texts, partial))))
 
     async def _one(self, ctx: RunContext, text: str, partial: bool) -> bool:
         payload = {"messages": ctx.messages, "candidate": {"role": "assistant", "content": text},

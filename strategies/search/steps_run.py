@@ -121,16 +121,17 @@ class StepSearch:
     async def _score_steps(self, children: list[Node]) -> list[Node]:
         """Score new steps by the configured scorer (confidence is already set); the children kept."""
         texts = ["".join(n.text for n in ch.path()) for ch in children]
+        partial = [not ch.terminal for ch in children]  # a final step completes the chain
         if self.spec.reward is not None and children:
             for ch, score in zip(children, await self._rewards(texts)):
                 ch.score = score
         elif self.spec.judge is not None and children:
-            scores, notes = await self.spec.judge.scores(self.ctx, texts, partial=True)
+            scores, notes = await self.spec.judge.scores(self.ctx, texts, partial)
             self._note(notes)
             for ch, score in zip(children, scores):
                 ch.score = score
         elif self.spec.check is not None and children:
-            passed = await self.spec.check.passes(self.ctx, texts, partial=True)
+            passed = await self.spec.check.passes(self.ctx, texts, partial)
             self.pruned += passed.count(False)
             children = [ch for ch, ok in zip(children, passed) if ok]
         return children
@@ -191,10 +192,10 @@ class StepSearch:
         if self.spec.reward is not None:
             return [v for v in await self._rewards([whole]) if v is not None]
         if self.spec.judge is not None:
-            judged, notes = await self.spec.judge.scores(self.ctx, [whole], partial=False)
+            judged, notes = await self.spec.judge.scores(self.ctx, [whole], [False])
             self._note(notes)
             return [v for v in judged if v is not None]
-        if self.spec.check is not None and not (await self.spec.check.passes(self.ctx, [whole], partial=False))[0]:
+        if self.spec.check is not None and not (await self.spec.check.passes(self.ctx, [whole], [False]))[0]:
             self.rejected += 1
             return [0.0]  # kept as a candidate (the select stages decide), ranked below every pass
         return scores
