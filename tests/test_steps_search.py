@@ -136,7 +136,7 @@ def test_a_spend_cap_stops_the_search_and_still_returns_a_chain():
     ({"check": {"regex": "x"}}, "g.steps.check", "only applies"),
     ({"guard": "maybe"}, "g.steps.guard", "probe, off"),
     ({"guard": {"chains": 2}}, "g.steps.guard.chains", ">= 3"),
-    ({"guard": {"min_concordance": 0.2}}, "g.steps.guard.min_concordance", "[0.5, 1]"),
+    ({"guard": {"alpha": 0}}, "g.steps.guard.alpha", "(0, 1)"),
     ({"method": "dfs"}, "g.steps.method", "beam, mcts"),
     ({"width": 0}, "g.steps.width", ">= 1"),
     ({"delimiter": None}, "g.steps", "max_step_tokens"),

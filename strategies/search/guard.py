@@ -8,9 +8,10 @@ answer agreement: a chain whose answer more of the other chains share should sco
 
 The statistic is a concordance (AUC generalised to an ordinal label): over the pairs of probe
 chains whose agreement counts differ, the share in which the more agreed-with chain has the higher
-score (score ties count one half). The guard trusts the scorer when the concordance reaches
-`min_concordance` over at least `min_pairs` pairs; otherwise the rest of the budget goes to
-independent samples, and the candidates are ranked by agreement (a vote). When every probe chain
+score (score ties count one half). Its one-sided p-value comes from a permutation test (scores
+shuffled over the chains: what a scorer without signal would reach), so a handful of chains that
+happen to line up do not pass: the guard trusts the scorer when p <= `alpha`. Otherwise the rest
+of the budget goes to independent samples, and the candidates are ranked by agreement (a vote). When every probe chain
 gives the same answer, the search stops there: more compute would not change the answer.
 
 The budget is the same either way: the search's expected tokens are estimated from the probe's
@@ -21,24 +22,25 @@ of chains, so a guarded route costs about the same whichever way its guard decid
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from itsproxy.strategies.types import SpecError
 
-GUARD_KEYS = {"chains", "min_concordance", "min_pairs"}
+GUARD_KEYS = {"chains", "alpha"}
+PERMUTATIONS = 500
 
 
 @dataclass(frozen=True)
 class GuardSpec:
-    chains: int = 6  # probe chains, drawn in one call
-    min_concordance: float = 0.75
-    min_pairs: int = 5  # fewer comparable pairs: no evidence of signal
+    chains: int = 8  # probe chains, drawn in one call
+    alpha: float = 0.05  # the permutation test's level: the rate a signal-less scorer is trusted
 
 
 def parse_guard(raw: Any, path: str, score: str) -> GuardSpec | None:
-    """`guard: probe | off | {chains, min_concordance, min_pairs}`; default probe for `score: confidence`."""
+    """`guard: probe | off | {chains, alpha}`; default probe for `score: confidence`, off otherwise."""
     if raw is None:
         raw = "probe" if score == "confidence" else "off"
     if raw == "off":
@@ -46,17 +48,16 @@ def parse_guard(raw: Any, path: str, score: str) -> GuardSpec | None:
     if raw == "probe":
         return GuardSpec()
     if not isinstance(raw, dict):
-        raise SpecError(path, f"must be probe, off or {{chains, min_concordance, min_pairs}}, got {raw!r}")
+        raise SpecError(path, f"must be probe, off or {{chains, alpha}}, got {raw!r}")
     for key in raw:
         if key not in GUARD_KEYS:
             raise SpecError(f"{path}.{key}", f"unknown key (known: {', '.join(sorted(GUARD_KEYS))})")
-    chains, pairs, conc = raw.get("chains", 6), raw.get("min_pairs", 5), raw.get("min_concordance", 0.75)
-    for key, value, lo in (("chains", chains, 3), ("min_pairs", pairs, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise SpecError(f"{path}.{key}", f"must be an integer >= {lo}, got {value!r}")
-    if isinstance(conc, bool) or not isinstance(conc, (int, float)) or not 0.5 <= conc <= 1:
-        raise SpecError(f"{path}.min_concordance", f"must be a number in [0.5, 1], got {conc!r}")
-    return GuardSpec(chains=chains, min_concordance=float(conc), min_pairs=pairs)
+    chains, alpha = raw.get("chains", GuardSpec.chains), raw.get("alpha", GuardSpec.alpha)
+    if isinstance(chains, bool) or not isinstance(chains, int) or chains < 3:
+        raise SpecError(f"{path}.chains", f"must be an integer >= 3, got {chains!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise SpecError(f"{path}.alpha", f"must be a number in (0, 1), got {alpha!r}")
+    return GuardSpec(chains=chains, alpha=float(alpha))
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,14 @@ class Verdict:
     reason: str
     concordance: float | None
     pairs: int
+    p_value: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"decision": self.decision, "reason": self.reason, "pairs": self.pairs}
         if self.concordance is not None:
             out["concordance"] = round(self.concordance, 4)
+        if self.p_value is not None:
+            out["p_value"] = round(self.p_value, 4)
         return out
 
 
@@ -92,6 +96,18 @@ def concordance(scores: list[float], agree: list[int]) -> tuple[float | None, in
     return (hits / pairs if pairs else None), pairs
 
 
+def permutation_p(scores: list[float], agree: list[int], observed: float) -> float:
+    """One-sided p-value of `observed` concordance: the share of score shuffles reaching it
+    (a fixed-seed shuffle: the same probe gives the same verdict)."""
+    rng = random.Random(0)
+    shuffled, hits = list(scores), 0
+    for _ in range(PERMUTATIONS):
+        rng.shuffle(shuffled)
+        conc, _ = concordance(shuffled, agree)
+        hits += conc is not None and conc >= observed - 1e-12
+    return (1 + hits) / (1 + PERMUTATIONS)
+
+
 def judge_signal(spec: GuardSpec, scores: list[float | None], answers: list[str | None]) -> Verdict:
     """Whether to spend the rest of the budget on the search (the scorer ranks like agreement does)."""
     given = [a for a in answers if a is not None]
@@ -99,13 +115,17 @@ def judge_signal(spec: GuardSpec, scores: list[float | None], answers: list[str 
         return Verdict("stop", f"all {len(answers)} probe chains agree", None, 0)
     if any(s is None for s in scores):
         return Verdict("sample", "the scorer gave no score to some probe chains", None, 0)
-    conc, pairs = concordance([s for s in scores if s is not None], agreement(answers))
-    if conc is None or pairs < spec.min_pairs:
-        return Verdict("sample", f"too little answer agreement to test the scorer ({pairs} pairs)", conc, pairs)
-    if conc < spec.min_concordance:
-        return Verdict("sample", f"the scorer does not rank agreed answers higher "
-                                 f"(concordance {conc:.2f} < {spec.min_concordance:g})", conc, pairs)
-    return Verdict("search", f"the scorer ranks agreed answers higher (concordance {conc:.2f})", conc, pairs)
+    values = [s for s in scores if s is not None]
+    agree = agreement(answers)
+    conc, pairs = concordance(values, agree)
+    if conc is None:
+        return Verdict("sample", "no answer agreement among the probe chains to test the scorer on", None, 0)
+    p = permutation_p(values, agree, conc)
+    if p > spec.alpha:
+        return Verdict("sample", f"the scorer does not rank agreed answers reliably higher "
+                                 f"(concordance {conc:.2f}, p {p:.3f} > {spec.alpha:g})", conc, pairs, p)
+    return Verdict("search", f"the scorer ranks agreed answers higher (concordance {conc:.2f}, p {p:.3f})",
+                   conc, pairs, p)
 
 
 @dataclass(frozen=True)
