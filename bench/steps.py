@@ -1,6 +1,7 @@
 """Search over reasoning steps vs plain voting, on the simulator's step-wise mode, through the proxy.
 
-    python -m bench.steps            # 50 chain problems, step_signal 1 and 0
+    python -m bench.steps            # 100 chain problems, step_signal 1 and 0
+    python -m bench.steps --real http://127.0.0.1:8080/v1   # llama.cpp: see bench/steps_real.py
 
 Each problem is a 4-operation chain ("Start at 7, add 5, ..."); each step is right with
 probability STEP_ACCURACY and errors propagate. With step_signal=1 a step's logprobs tell
@@ -13,6 +14,7 @@ i.e. everything the simulator served, search calls included).
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -29,6 +31,7 @@ for _k, _v in OFFLINE_ENV.items():
 
 import openai  # noqa: E402
 
+from bench import steps_real  # noqa: E402
 from itsproxy.proxy.config import parse_config  # noqa: E402
 from itsproxy.proxy.http.app import create_app  # noqa: E402
 from itsproxy.proxy.serving import embedded_config, serve_in_thread  # noqa: E402
@@ -114,6 +117,13 @@ def run_signal(signal: float, problems: list[tuple[str, int]]) -> list[tuple[str
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.steps", description=__doc__.split("\n")[0])
+    parser.add_argument("--real", metavar="BASE_URL", help="a llama.cpp server's /v1 (bench/steps_real.py)")
+    parser.add_argument("--problems", type=int, default=20, help="with --real: how many problems")
+    args = parser.parse_args()
+    if args.real:
+        steps_real.main(args.real, args.problems)
+        return
     problems = chains(2026, PROBLEMS, steps=4)
     table = {s: run_signal(s, problems) for s in (1.0, 0.0)}
     print(f"\n{PROBLEMS} chain problems (4 steps, step_accuracy {STEP_ACCURACY}), simulator seed 14\n")

@@ -10,8 +10,8 @@ import pytest
 
 import step_checks
 from conftest import sim_models
-from itsproxy.strategies.search.guard import GuardSpec, Sizes, concordance, fallback_chains, judge_signal, search_tokens
 from itsproxy.proxy.simulator.steps import chains
+from itsproxy.strategies.search.guard import GuardSpec, Sizes, concordance, fallback_chains, judge_signal, search_tokens
 
 PROBLEMS = chains(77, 8, steps=4)
 ANSWER = re.compile(r"answer is (-?\d+)")

@@ -40,7 +40,8 @@ PHASE = "search"
 JUDGE_KEYS = {"model", "rubric", "temperature", "max_tokens"}
 PARTIAL_ASK = ("The answer above is a PARTIAL solution: only its first steps, unfinished. Rate how likely the "
                "steps written so far are all correct, from 1 (surely wrong) to 10 (surely correct); do not "
-               'penalise it for being unfinished. Reply with JSON: {"reason": "<one sentence>", "score": <integer 1-10>}.')
+               "penalise it for being unfinished. "
+               'Reply with JSON: {"reason": "<one sentence>", "score": <integer 1-10>}.')
 COMPLETE_ASK = ("Rate how likely the answer above is correct, from 1 (surely wrong) to 10 (surely correct). "
                 'Reply with JSON: {"reason": "<one sentence>", "score": <integer 1-10>}.')
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from itsproxy.strategies.extract import Extractor
-
 from itsproxy.strategies.generate import GenerateSpec, derive_seed, member_params
 from itsproxy.strategies.ports import RunContext
 from itsproxy.strategies.search.guard import Sizes, Verdict, agreement, fallback_chains, judge_signal, search_tokens
@@ -86,7 +85,8 @@ class StepSearch:
     def _params(self, finish: bool) -> dict[str, Any]:
         seed = None if self.ctx.seed is None else derive_seed(self.ctx.seed, "steps", self.calls)
         params = member_params(self.gen, self.gen.pool[0], self.ctx.params, seed)
-        params.pop("stop", None)
+        if not finish:  # a step ends at the delimiter; a chain written to the end, at the client's stop
+            params.pop("stop", None)
         params |= {"logprobs": True, "top_logprobs": self.spec.top_logprobs}
         if self.spec.continuation == "chat":
             params |= CHAT_CONTINUE
