@@ -13,10 +13,10 @@ The task (a few-shot /v1/completions prompt, one step per line, cut at the newli
 
 Routes, all on the one completion-mode model entry, each question sent once per route through
 the proxy with the same seed: vote@k over independent chains, beam search and MCTS with the
-`confidence` scorer (guard off: the rows measure the search itself; the guarded row shows what
-the guard decides). Columns: accuracy and the tokens the responses' `usage` reports (what
-llama.cpp served, prompts included: every search call re-sends the prompt, and llama.cpp
-ignores `n`, so every choice is its own call).
+`confidence` scorer (guard off: the rows measure the search itself; at these tiny budgets the
+guard's probe would cost as much as the search). Columns: accuracy and the tokens the responses'
+`usage` reports (what llama.cpp served, prompts included: every search call re-sends the prompt,
+and llama.cpp ignores `n`, so every choice is its own call).
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "beam w=1 k=2, confidence": {"generate": {"steps": STEPS | {"method": "beam", "width": 1, "expansions": 2}}},
     "mcts 2 rollouts k=2, confidence": {"generate": {"steps": STEPS | {"method": "mcts", "rollouts": 2,
                                                                        "expansions": 2}}},
-    "beam w=1 k=2, confidence, guard": {"generate": {"steps": STEPS | {"method": "beam", "width": 1,
-                                                                       "expansions": 2, "guard": {"chains": 3}}}},
 }
 
 
