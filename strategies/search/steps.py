@@ -58,6 +58,13 @@ class StepsSpec:
     def final_re(self) -> re.Pattern[str]:
         return re.compile(self.final)
 
+    async def aclose(self) -> None:
+        """Release the clients the scorers hold (for the runtime, when the config is retired)."""
+        if self.reward is not None:
+            await self.reward.aclose()
+        if self.check is not None:
+            await self.check.aclose()
+
 
 def _int(body: dict[str, Any], key: str, path: str, default: int, lo: int = 1) -> int:
     value = body.get(key, default)
