@@ -6,10 +6,10 @@
 
 The task (a few-shot /v1/completions prompt, one step per line, cut at the newline):
 
-    Q: 27 + 3 + 6
-    27 + 3 = 30
-    30 + 6 = 36
-    Answer: 36
+    Q: 7 + 3 + 6
+    7 + 3 = 10
+    10 + 6 = 16
+    Answer: 16
 
 Routes, all on the one completion-mode model entry, each question sent once per route through
 the proxy with the same seed: vote@k over independent chains, beam search and MCTS with the
@@ -33,7 +33,8 @@ from itsproxy.proxy.config import parse_config
 from itsproxy.proxy.http.app import create_app
 from itsproxy.proxy.serving import embedded_config, serve_in_thread
 
-SHOT = "Add the numbers one at a time.\n\nQ: 23 + 4 + 5\n23 + 4 = 27\n27 + 5 = 32\nAnswer: 32\n\n"
+SHOT = ("Add the numbers one at a time.\n\nQ: 3 + 4 + 5\n3 + 4 = 7\n7 + 5 = 12\nAnswer: 12\n\n"
+        "Q: 2 + 6 + 1\n2 + 6 = 8\n8 + 1 = 9\nAnswer: 9\n\n")
 PARAMS: dict[str, Any] = {"max_tokens": 32, "stop": ["\n\n", "Q:"]}
 FINAL = r"^Answer:"
 ANSWER = re.compile(r"Answer:\s*(-?\d+)")
@@ -49,11 +50,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def problems(count: int, seed: int = 14) -> list[tuple[str, int]]:
-    """(prompt, sum) pairs: a two-digit number plus two one-digit numbers, reproducible."""
+    """(prompt, sum) pairs: three one-digit numbers (harder ones are beyond this model), reproducible."""
     rng = random.Random(f"steps-real|{seed}")
     out = []
     for _ in range(count):
-        nums = [rng.randint(10, 89), rng.randint(2, 9), rng.randint(2, 9)]
+        nums = [rng.randint(2, 9) for _ in range(3)]
         out.append((f"{SHOT}Q: {' + '.join(map(str, nums))}\n", sum(nums)))
     return out
 
