@@ -115,7 +115,7 @@ def parse_generate(raw: dict[str, Any], path: str, models: set[str]) -> Generate
     params = raw.get("params") or {}
     if not isinstance(params, dict):
         raise SpecError(f"{path}.params", "must be a mapping of OpenAI parameters, e.g. {response_format: ...}")
-    steps = parse_steps(raw.get("steps"), f"{path}.steps")
+    steps = parse_steps(raw.get("steps"), f"{path}.steps", models)
     if steps is not None and "n" in raw:
         raise SpecError(f"{path}.n", "with steps, the search's width, expansions and rollouts set the compute")
     if steps is not None and (len(pool) > 1 or augment or adaptive is not None):

@@ -174,7 +174,7 @@ class Pipeline:
 
     async def _draw(self, ctx: RunContext, messages: list[dict[str, Any]], rnd: int, start: int) -> list[Candidate]:
         if rnd == 0 and self.generate.steps is not None:
-            batch, errors = await steps_run.search(ctx, self.generate, self.generate.steps)
+            batch, errors = await steps_run.search(ctx, self.generate, self.generate.steps, self.extractor)
             self._enough(batch, errors, 1)
             self.extract(batch)
             return batch

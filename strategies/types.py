@@ -177,6 +177,10 @@ class StepsEvidence:
     best_score: float | None  # its path score
     stopped: str | None = None  # a spend cap or failed calls ended the search early
     errors: int = 0  # failed calls
+    guard: dict[str, Any] | None = None  # the signal guard's verdict (decision, reason, concordance ...)
+    score: str = "confidence"  # the step scorer
+    pruned: int = 0  # score: check: partial chains a checker rejected (their branches dropped)
+    rejected: int = 0  # score: check: complete chains a checker rejected (kept, ranked last)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "calls": self.calls, "nodes": self.nodes, "depth": self.depth,
@@ -186,6 +190,11 @@ class StepsEvidence:
             out["stopped"] = self.stopped
         if self.errors:
             out["errors"] = self.errors
+        if self.guard is not None:
+            out["guard"] = self.guard
+        out["score"] = self.score
+        if self.score == "check":
+            out |= {"pruned": self.pruned, "rejected": self.rejected}
         return out
 
 

@@ -128,7 +128,15 @@ def test_a_spend_cap_stops_the_search_and_still_returns_a_chain():
 
 
 @pytest.mark.parametrize("body,path,words", [
-    ({"score": "judge"}, "g.steps.score", "supported: confidence"),
+    ({"score": "vibes"}, "g.steps.score", "supported: confidence"),
+    ({"score": "judge"}, "g.steps.judge", "needs `judge:"),
+    ({"score": "judge", "judge": {"model": "nope"}}, "g.steps.judge.model", "model_list"),
+    ({"score": "check"}, "g.steps.check", "needs `check:"),
+    ({"score": "check", "check": {"regex": "x", "extract": "number"}}, "g.steps.check.extract", "partial text"),
+    ({"check": {"regex": "x"}}, "g.steps.check", "only applies"),
+    ({"guard": "maybe"}, "g.steps.guard", "probe, off"),
+    ({"guard": {"chains": 2}}, "g.steps.guard.chains", ">= 3"),
+    ({"guard": {"alpha": 0}}, "g.steps.guard.alpha", "(0, 1)"),
     ({"method": "dfs"}, "g.steps.method", "beam, mcts"),
     ({"width": 0}, "g.steps.width", ">= 1"),
     ({"delimiter": None}, "g.steps", "max_step_tokens"),
@@ -166,7 +174,7 @@ def stepper(make_proxy, fresh_sim):
             m["model_info"] = {"mode": "completion"}
     models += sim_models(fresh_sim.url, chatstep="sim@step_signal=1@step_accuracy=0.7")[-1:]
     chat = {"name": "chat", "match": {"model": "chat"},
-            "generate": {"model": "chatstep", "steps": {"method": "beam", "continuation": "chat"}}}
+            "generate": {"model": "chatstep", "steps": {"method": "beam", "continuation": "chat", "guard": "off"}}}
     prm = {"name": "prm", "match": {"model": "prm"},
            "generate": {"model": "stepper", "steps": {"method": "mcts", "rollouts": 4, "score": "reward",
                                                       "reward": {"url": f"{fresh_sim.url}/reward"}}}}

@@ -72,6 +72,7 @@ class View:
     chain: steps.Chain | None = None  # a step-wise problem (then `question` is None)
     written: str = ""  # step-wise: the chain text already written after the question
     before: str = ""  # step-wise: all the text the reply continues ("" for a fresh chat reply)
+    judged: tuple[steps.Chain, str] | None = None  # step-wise: a judge asked about one (partial) chain
 
 
 # A base-model prompt that ends in an answer cue ("A:", "Answer:", "Sum:", "=") is answered like a
@@ -138,6 +139,7 @@ def read_request(body: dict[str, Any], model: str) -> View:
 
     blocks = verifier.find_blocks(messages)
     question = find_question(messages, strip=verifier.BLOCK_RE if blocks else None)
+    judged = verifier.chain_block(messages) if blocks is not None and question is None else None
     if blocks is not None and question is None:
         blocks = None
 
@@ -162,10 +164,10 @@ def read_request(body: dict[str, Any], model: str) -> View:
         model=model, messages=messages, question=question, json_mode=json_mode,
         tool=_tool_to_call(body, messages), temperature=temperature, seed=seed,
         critique=critique, avoid=frozenset(avoid), prompt_text="\n".join(texts).lower(),
-        blocks=blocks, turns=turns,
+        blocks=blocks, turns=turns, judged=judged,
     )
     continuing = _continue_flag(body, messages)
-    chain = _chat_chain(messages) if blocks is None else None
+    chain = _chat_chain(messages) if blocks is None and judged is None else None
     if chain is not None:
         prefix = content_text(messages[-1].get("content")) if continuing else ""
         view.question, view.chain, view.written, view.before, view.critique = None, chain, prefix, prefix, False
@@ -298,6 +300,9 @@ def respond(cfg: SimConfig, view: View, n: int, stream: random.Random) -> list[C
         rng = choice_rng(cfg, view, i, stream)
         if view.blocks is not None and view.question is not None:  # blocks are kept only with a question
             content, first_alt = verifier.judge(cfg, view.question, view.blocks, view.json_mode, rng)
+            out.append(Choice(_text_message(content), "stop", rng, first_alt=first_alt))
+        elif view.judged is not None:
+            content, first_alt = verifier.judge_chain(cfg, *view.judged, view.json_mode, rng)
             out.append(Choice(_text_message(content), "stop", rng, first_alt=first_alt))
         elif view.chain is not None:
             out.append(_steps_choice(cfg, view, rng, greedy))

@@ -12,7 +12,9 @@ question outside them. A candidate's value is the last number in its block.
 - judge_garbage: that share of verifier replies is unparseable.
 
 Reward model stand-in: score = 1[candidate's last number is the truth] + N(0, reward_noise).
-On a chain problem (step-wise mode) it is a process reward: 1[every step so far is right] + noise.
+On a chain problem (step-wise mode) it is a process reward: 1[every step so far is right] + noise,
+and a pointwise judge of one (partial) chain believes it sound with P = judge_tpr if every step so
+far is right, judge_fpr if not.
 """
 
 from __future__ import annotations
@@ -85,6 +87,22 @@ def _pointwise(cfg: SimConfig, correct: bool, json_mode: bool,
         return json.dumps({"score": score, "reason": reason}), None
     confidence = rng.uniform(0.6, 0.95)
     return ("Yes", ("No", confidence)) if believed else ("No", ("Yes", confidence))
+
+
+def chain_block(messages: list[dict[str, Any]]) -> tuple[Chain, str] | None:
+    """(the chain problem, the one block's text) of a verifier request about one chain, if it is one."""
+    texts = [content_text(m.get("content")) for m in messages if m.get("role") != "assistant"]
+    found = [m.group(2) for t in texts for m in BLOCK_RE.finditer(t)]
+    chain = next((c[0] for t in texts if (c := find_chain(BLOCK_RE.sub(" ", t))) is not None), None)
+    return (chain, found[0].strip("\n")) if chain is not None and len(found) == 1 else None
+
+
+def judge_chain(cfg: SimConfig, chain: Chain, text: str, json_mode: bool,
+                rng: random.Random) -> tuple[str, tuple[str, float] | None]:
+    """A pointwise verdict on a (partial) chain: is every step so far right?"""
+    if cfg.judge_garbage and rng.random() < cfg.judge_garbage:
+        return GARBAGE, None
+    return _pointwise(cfg, sound_so_far(chain, text), json_mode, rng)
 
 
 def _pairwise(cfg: SimConfig, blocks: list[Block], truth: int, rng: random.Random) -> str:

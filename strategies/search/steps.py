@@ -20,15 +20,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from itsproxy.strategies.search.guard import GuardSpec, parse_guard
+from itsproxy.strategies.search.step_scorers import StepCheck, StepJudge
 from itsproxy.strategies.stages.reward import RewardStage
 from itsproxy.strategies.types import SpecError
 
 METHODS = ("beam", "mcts")
-SCORERS = ("confidence", "reward")  # judge / check are refused at load until they exist
+SCORERS = ("confidence", "reward", "judge", "check")
 AGGREGATES = ("mean", "min", "last")
 CONTINUATIONS = ("completion", "chat")
 STEPS_KEYS = {"method", "width", "expansions", "max_depth", "rollouts", "c", "score", "delimiter",
-              "max_step_tokens", "final", "aggregate", "continuation", "top_logprobs", "reward"}
+              "max_step_tokens", "final", "aggregate", "continuation", "top_logprobs", "reward", "guard",
+              "judge", "check"}
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,20 @@ class StepsSpec:
     continuation: str = "completion"  # completion-mode model, or chat with continue_final_message
     top_logprobs: int = 5
     reward: RewardStage | None = None  # score: reward: the process reward endpoint (scores each prefix)
+    guard: GuardSpec | None = None  # test the scorer on probe chains before trusting it (guard.py)
+    judge: StepJudge | None = None  # score: judge: the judge model rates each partial chain
+    check: StepCheck | None = None  # score: check: checkers prune the partial chains they reject
 
     @property
     def final_re(self) -> re.Pattern[str]:
         return re.compile(self.final)
+
+    async def aclose(self) -> None:
+        """Release the clients the scorers hold (for the runtime, when the config is retired)."""
+        if self.reward is not None:
+            await self.reward.aclose()
+        if self.check is not None:
+            await self.check.aclose()
 
 
 def _int(body: dict[str, Any], key: str, path: str, default: int, lo: int = 1) -> int:
@@ -67,7 +80,7 @@ def _choice(body: dict[str, Any], key: str, path: str, options: tuple[str, ...],
     return str(value)
 
 
-def parse_steps(body: Any, path: str) -> StepsSpec | None:
+def parse_steps(body: Any, path: str, models: set[str] | None = None) -> StepsSpec | None:
     """`generate.steps` (at `path`); None if absent."""
     if body is None:
         return None
@@ -77,8 +90,7 @@ def parse_steps(body: Any, path: str) -> StepsSpec | None:
         if key not in STEPS_KEYS:
             raise SpecError(f"{path}.{key}", f"unknown key (known: {', '.join(sorted(STEPS_KEYS))})")
     if "score" in body and body["score"] not in SCORERS:
-        raise SpecError(f"{path}.score", f"{body['score']!r} is not supported; supported: {', '.join(SCORERS)} "
-                        "(judge and check step scorers are not built yet)")
+        raise SpecError(f"{path}.score", f"{body['score']!r} is not supported; supported: {', '.join(SCORERS)}")
     delimiter = body.get("delimiter", "\n")
     if delimiter is not None and (not isinstance(delimiter, str) or not delimiter):
         raise SpecError(f"{path}.delimiter", "must be a non-empty string or null (then max_step_tokens cuts steps)")
@@ -97,6 +109,8 @@ def parse_steps(body: Any, path: str) -> StepsSpec | None:
         raise SpecError(f"{path}.final", f"must be a regular expression: {exc}") from None
     score = str(body.get("score", "confidence"))
     reward = _reward(body, path, score)
+    judge = _scorer_spec(body, path, score, "judge")
+    check = _scorer_spec(body, path, score, "check")
     top = _int(body, "top_logprobs", path, 5)
     if top > 20:
         raise SpecError(f"{path}.top_logprobs", "must be at most 20 (OpenAI's limit)")
@@ -104,9 +118,26 @@ def parse_steps(body: Any, path: str) -> StepsSpec | None:
                      width=_int(body, "width", path, 3), expansions=_int(body, "expansions", path, 3),
                      max_depth=_int(body, "max_depth", path, 8), rollouts=_int(body, "rollouts", path, 8),
                      c=float(c), score=score, delimiter=delimiter, max_step_tokens=max_step, final=final,
-                     aggregate=_choice(body, "aggregate", path, AGGREGATES, "last" if reward else "mean"),
+                     aggregate=_choice(body, "aggregate", path, AGGREGATES,
+                                       "last" if score in ("reward", "judge") else "mean"),
                      continuation=_choice(body, "continuation", path, CONTINUATIONS, "completion"),
-                     top_logprobs=top, reward=reward)
+                     top_logprobs=top, reward=reward, guard=parse_guard(body.get("guard"), f"{path}.guard", score),
+                     judge=StepJudge.build(judge, f"{path}.judge", models or set()) if judge is not None else None,
+                     check=StepCheck.build(check, f"{path}.check") if check is not None else None)
+
+
+def _scorer_spec(body: dict[str, Any], path: str, score: str, key: str) -> Any:
+    """The `judge:` / `check:` mapping a `score: judge|check` needs (and only it)."""
+    raw = body.get(key)
+    if score != key:
+        if raw is not None:
+            raise SpecError(f"{path}.{key}", f"only applies with `score: {key}`")
+        return None
+    if raw is None:
+        what = "{model, rubric?, temperature?, max_tokens?}" if key == "judge" else \
+            "{command | python | http | regex | json_schema, timeout_s?}"
+        raise SpecError(f"{path}.{key}", f"score: {key} needs `{key}: {what}`")
+    return raw
 
 
 def _reward(body: dict[str, Any], path: str, score: str) -> RewardStage | None:

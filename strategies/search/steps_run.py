@@ -13,11 +13,15 @@ best path score first, for the route's select stages.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from itsproxy.strategies.extract import Extractor
 from itsproxy.strategies.generate import GenerateSpec, derive_seed, member_params
 from itsproxy.strategies.ports import RunContext
+from itsproxy.strategies.search.guard import Sizes, Verdict, agreement, fallback_chains, judge_signal, search_tokens
 from itsproxy.strategies.search.steps import (
     Node,
     StepsSpec,
@@ -46,14 +50,19 @@ class Chain:
     tail_entries: list[dict[str, Any]] = field(default_factory=list)
     tail_tokens: int = 0
     call_id: int = -1
+    prompt_tokens: int = 0
     score: float = 0.0
 
 
 class StepSearch:
     """One request's search: its tree, its calls, its chains."""
 
-    def __init__(self, ctx: RunContext, gen: GenerateSpec, spec: StepsSpec) -> None:
-        self.ctx, self.gen, self.spec = ctx, gen, spec
+    def __init__(self, ctx: RunContext, gen: GenerateSpec, spec: StepsSpec, extractor: Extractor | None = None) -> None:
+        self.ctx, self.gen, self.spec, self.extractor = ctx, gen, spec, extractor
+        self.verdict: Verdict | None = None
+        self.pruned = 0  # score: check: partial chains a checker rejected
+        self.rejected = 0  # score: check: complete chains a checker rejected
+        self.guard: dict[str, Any] = {}
         self.model = gen.pool[0].model
         self.root = Node(text="")
         self.root_text = self._root_text()
@@ -76,7 +85,8 @@ class StepSearch:
     def _params(self, finish: bool) -> dict[str, Any]:
         seed = None if self.ctx.seed is None else derive_seed(self.ctx.seed, "steps", self.calls)
         params = member_params(self.gen, self.gen.pool[0], self.ctx.params, seed)
-        params.pop("stop", None)
+        if not finish:  # a step ends at the delimiter; a chain written to the end, at the client's stop
+            params.pop("stop", None)
         params |= {"logprobs": True, "top_logprobs": self.spec.top_logprobs}
         if self.spec.continuation == "chat":
             params |= CHAT_CONTINUE
@@ -102,15 +112,33 @@ class StepSearch:
             self.errors.append(exc)
             node.terminal = True
             return []
-        for s in samples:
-            node.children.append(self._child(node, s))
-        if self.spec.reward is not None and node.children:
-            scores = await self._rewards(["".join(n.text for n in ch.path()) for ch in node.children])
-            for ch, score in zip(node.children, scores):
-                ch.score = score
+        children = [self._child(node, s) for s in samples]
+        node.children = await self._score_steps(children)
         if not node.children:
             node.terminal = True
         return node.children
+
+    async def _score_steps(self, children: list[Node]) -> list[Node]:
+        """Score new steps by the configured scorer (confidence is already set); the children kept."""
+        texts = ["".join(n.text for n in ch.path()) for ch in children]
+        partial = [not ch.terminal for ch in children]  # a final step completes the chain
+        if self.spec.reward is not None and children:
+            for ch, score in zip(children, await self._rewards(texts)):
+                ch.score = score
+        elif self.spec.judge is not None and children:
+            scores, notes = await self.spec.judge.scores(self.ctx, texts, partial)
+            self._note(notes)
+            for ch, score in zip(children, scores):
+                ch.score = score
+        elif self.spec.check is not None and children:
+            passed = await self.spec.check.passes(self.ctx, texts, partial)
+            self.pruned += passed.count(False)
+            children = [ch for ch, ok in zip(children, passed) if ok]
+        return children
+
+    def _note(self, notes: list[str]) -> None:
+        if notes:
+            self.errors.append(RuntimeError("; ".join(notes)))
 
     def _child(self, parent: Node, s: Sample) -> Node:
         text = s.text
@@ -126,21 +154,51 @@ class StepSearch:
         """Write the rest of the chain from `node` in one call (a rollout); None if it failed."""
         if node.terminal:
             chain = Chain(node, call_id=node.call_id)
-        else:
-            try:
-                sample = (await self._call(node, 1, finish=True))[0]
-            except Exception as exc:  # noqa: BLE001 - the search goes on with what it has
-                self.errors.append(exc)
-                return None
+            chain.score = path_score(node, self.spec.aggregate)
+            self.chains.append(chain)
+            return chain
+        try:
+            sample = (await self._call(node, 1, finish=True))[0]
+        except Exception as exc:  # noqa: BLE001 - the search goes on with what it has
+            self.errors.append(exc)
+            return None
+        return (await self._chains(node, [sample]))[0]
+
+    async def _chains(self, node: Node, samples: list[Sample]) -> list[Chain]:
+        """Chains that end with `samples`, each written to the end from `node`, scored and kept."""
+        out = []
+        for sample in samples:
             entries = list((sample.logprobs or {}).get("content") or [])
             scores = [v for part in split_steps(entries, self.spec.delimiter) if (v := confidence(part)) is not None]
-            if self.spec.reward is not None:
-                whole = "".join(n.text for n in node.path()) + sample.text
-                scores = [v for v in await self._rewards([whole]) if v is not None]
-            chain = Chain(node, sample.text, scores, entries, sample.completion_tokens, sample.call_id)
-        chain.score = path_score(node, self.spec.aggregate, chain.tail_scores)
-        self.chains.append(chain)
-        return chain
+            scores = await self._score_chain("".join(n.text for n in node.path()) + sample.text, scores)
+            chain = Chain(node, sample.text, scores, entries, sample.completion_tokens, sample.call_id,
+                          prompt_tokens=sample.prompt_tokens)
+            chain.score = path_score(node, self.spec.aggregate, chain.tail_scores)
+            self.chains.append(chain)
+            out.append(chain)
+        return out
+
+    async def _draw_chains(self, n: int) -> list[Chain]:
+        """`n` independent complete chains from the root, in one call ([] if it failed)."""
+        try:
+            samples = await self._call(self.root, n, finish=True)
+        except Exception as exc:  # noqa: BLE001 - a failed probe leaves the search to decide without it
+            self.errors.append(exc)
+            return []
+        return await self._chains(self.root, samples)
+
+    async def _score_chain(self, whole: str, scores: list[float]) -> list[float]:
+        """A complete chain's tail scores: its confidences, or the scorer's verdict on the whole."""
+        if self.spec.reward is not None:
+            return [v for v in await self._rewards([whole]) if v is not None]
+        if self.spec.judge is not None:
+            judged, notes = await self.spec.judge.scores(self.ctx, [whole], [False])
+            self._note(notes)
+            return [v for v in judged if v is not None]
+        if self.spec.check is not None and not (await self.spec.check.passes(self.ctx, [whole], [False]))[0]:
+            self.rejected += 1
+            return [0.0]  # kept as a candidate (the select stages decide), ranked below every pass
+        return scores
 
     async def _rewards(self, texts: list[str]) -> list[float | None]:
         """The process reward of each prefix (phase `reward`); None where the endpoint failed."""
@@ -158,7 +216,56 @@ class StepSearch:
             self.stopped = cap
         return cap is not None
 
+    # ------------------------------------------------------------ the guard
+
+    async def probe(self) -> bool:
+        """The signal guard (guard.py): probe chains first; True when the scorer may steer the rest."""
+        assert self.spec.guard is not None
+        probes = await self._draw_chains(self.spec.guard.chains)
+        if not probes:
+            self.verdict = Verdict("search", "the probe call failed: the scorer is untested", None, 0)
+            return True
+        scores = [c.score if c.tail_scores else None for c in probes]
+        self.verdict = judge_signal(self.spec.guard, scores, [self.answer(c) for c in probes])
+        sizes = self._sizes(probes)
+        estimate = search_tokens(self.spec.method, self.spec.width, self.spec.expansions, self.spec.max_depth,
+                                 self.spec.rollouts, sizes)
+        self.guard = {"probes": len(probes), "estimate_tokens": round(estimate)}
+        if self.verdict.decision == "sample" and not self._cap():
+            more = fallback_chains(estimate, sizes, cap=64)
+            self.guard["samples"] = more
+            if more:
+                await self._draw_chains(more)
+        return self.verdict.decision == "search"
+
+    def _sizes(self, probes: list[Chain]) -> Sizes:
+        tokens = sum(c.tail_tokens for c in probes) / len(probes)
+        if self.spec.delimiter is not None:
+            steps = sum(len([p for p in c.tail.split(self.spec.delimiter) if p.strip()]) for c in probes) / len(probes)
+        else:
+            steps = math.ceil(tokens / (self.spec.max_step_tokens or 1))
+        return Sizes(prompt=float(probes[0].prompt_tokens), chain=tokens, steps=steps)
+
+    def answer(self, chain: Chain) -> str | None:
+        """What the chain answers: the route's extractor's reading, else the text after the final line's marker."""
+        text = self.text(chain)
+        if self.extractor is not None:
+            return self.extractor({"role": "assistant", "content": text})
+        final = self.spec.final_re
+        for line in reversed(text.split("\n")):
+            if (m := final.search(line)) is not None:
+                return re.sub(r"\s+", " ", line[m.end():]).strip(" .:").lower() or None
+        return None
+
+    def text(self, chain: Chain) -> str:
+        return "".join(n.text for n in chain.node.path()) + chain.tail
+
     # ------------------------------------------------------------ methods
+
+    async def run(self) -> None:
+        if self.spec.guard is not None and not await self.probe():
+            return
+        await (self.beam() if self.spec.method == "beam" else self.mcts())
 
     async def beam(self) -> None:
         beams = [self.root]
@@ -204,18 +311,23 @@ class StepSearch:
     # ------------------------------------------------------------ results
 
     def candidates(self) -> list[Candidate]:
-        """The complete chains, best path score first (the earliest on ties)."""
-        ranked = sorted(enumerate(self.chains), key=lambda p: (-p[1].score, p[0]))
+        """The complete chains, best path score first (the earliest on ties); when the guard did not
+        trust the scorer, the most agreed-with answers first (a vote)."""
+        if self.verdict is not None and self.verdict.decision != "search":
+            agree = agreement([self.answer(c) for c in self.chains])
+            ranked = sorted(enumerate(self.chains), key=lambda p: (-agree[p[0]], -p[1].score, p[0]))
+        else:
+            ranked = sorted(enumerate(self.chains), key=lambda p: (-p[1].score, p[0]))
         return [Candidate(index=i, sample=self._sample(chain), scores={"steps": chain.score})
                 for i, (_, chain) in enumerate(ranked)]
 
     def _sample(self, chain: Chain) -> Sample:
         path = chain.node.path()
-        text = cut_at_stop("".join(n.text for n in path) + chain.tail, self.ctx.params.get("stop"))
+        text = cut_at_stop(self.text(chain), self.ctx.params.get("stop"))
         entries = [e for n in path for e in n.entries] + chain.tail_entries
         first = path[0] if path else None
         return Sample({"role": "assistant", "content": text}, "stop", self.model, chain.call_id,
-                      prompt_tokens=first.prompt_tokens if first else 0,
+                      prompt_tokens=first.prompt_tokens if first else chain.prompt_tokens,
                       completion_tokens=sum(n.completion_tokens for n in path) + chain.tail_tokens,
                       logprobs={"content": entries} if self.ctx.params.get("logprobs") else None)
 
@@ -223,8 +335,10 @@ class StepSearch:
         best = max(self.chains, key=lambda c: c.score, default=None)
         scores = (best.node.step_scores() + best.tail_scores) if best else []
         stopped = self.stopped or (f"{len(self.errors)} failed calls" if self.errors and not self.chains else None)
+        guard = {**self.verdict.as_dict(), **self.guard} if self.verdict is not None else None
         return StepsEvidence(self.spec.method, self.calls, count_nodes(self.root), max_depth(self.root),
-                             len(self.chains), scores, best.score if best else None, stopped, len(self.errors))
+                             len(self.chains), scores, best.score if best else None, stopped, len(self.errors), guard,
+                             self.spec.score, self.pruned, self.rejected)
 
 
 def cut_at_stop(text: str, stop: Any) -> str:
@@ -234,9 +348,10 @@ def cut_at_stop(text: str, stop: Any) -> str:
     return text[:min(cuts)] if cuts else text
 
 
-async def search(ctx: RunContext, gen: GenerateSpec, spec: StepsSpec) -> tuple[list[Candidate], list[BaseException]]:
+async def search(ctx: RunContext, gen: GenerateSpec, spec: StepsSpec,
+                 extractor: Extractor | None = None) -> tuple[list[Candidate], list[BaseException]]:
     """Run the route's search; the complete chains as candidates, and the calls that failed."""
-    run = StepSearch(ctx, gen, spec)
-    await (run.beam() if spec.method == "beam" else run.mcts())
+    run = StepSearch(ctx, gen, spec, extractor)
+    await run.run()
     ctx.steps = run.evidence()
     return run.candidates(), run.errors
