@@ -128,9 +128,13 @@ class Services:
             await self.budgets.aclose()
         if self.redis is not None:
             await self.redis.aclose()
-        for route in self.config.routes:  # checkers and reward stages hold clients
-            for stage in route.pipeline.stages if route.pipeline else []:
+        for route in self.config.routes:  # checkers and reward stages (and step scorers) hold clients
+            if route.pipeline is None:
+                continue
+            for stage in route.pipeline.stages:
                 await stage.aclose()
+            if route.pipeline.generate.steps is not None:
+                await route.pipeline.generate.steps.aclose()
 
 
 @dataclass
