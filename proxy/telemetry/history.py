@@ -79,16 +79,26 @@ def increments(r: RequestReport) -> dict[str, float]:
                          ("saved_usd", r.saved_cost_usd_estimate), ("saved_tokens", r.tokens_saved_estimate)):
         if value and value > 0:
             out[_key(route, field)] = float(value)
+    per_model: dict[str, list[float]] = {}  # model -> [calls, errors, prompt, completion, cost]
     for call in r.calls:
-        model = "model:" + call.model
-        _add(out, _key(model, "calls"), 1.0)
-        if call.outcome == "error":
-            _add(out, _key(model, "errors"), 1.0)
+        acc = per_model.get(call.model)
+        if acc is None:
+            acc = per_model[call.model] = [0, 0, 0, 0, 0.0]
+        acc[0] += 1
+        acc[1] += call.outcome == "error"
+        acc[2] += max(0, call.prompt_tokens)
+        acc[3] += max(0, call.completion_tokens)
+        acc[4] += max(0.0, call.cost_usd or 0.0)
+    for name, (calls, errors, prompt, completion, cost) in per_model.items():
+        model = "model:" + name
+        out[_key(model, "calls")] = calls
+        if errors:
+            out[_key(model, "errors")] = errors
         for series in (route, model):
-            _add(out, _key(series, "prompt_tokens"), max(0, call.prompt_tokens))
-            _add(out, _key(series, "completion_tokens"), max(0, call.completion_tokens))
-            if call.cost_usd:
-                _add(out, _key(series, "cost_usd"), max(0.0, call.cost_usd))
+            _add(out, _key(series, "prompt_tokens"), prompt)
+            _add(out, _key(series, "completion_tokens"), completion)
+            if cost:
+                _add(out, _key(series, "cost_usd"), cost)
     return out
 
 
