@@ -29,13 +29,18 @@ def ranked(sel: Selection, k: int) -> list[Candidate]:
     """Up to k candidates, best first (the winner leads)."""
     if sel.winner is None:
         return []
+    if k <= 1:  # the common case: the winner alone, no sort
+        return [sel.winner]
     rest = sorted((c for c in sel.candidates if c is not sel.winner), key=lambda c: _key(c, sel))
     order = [sel.winner, *rest]
     seen: set[str] = set()
     distinct: list[Candidate] = []
+    repeats: list[Candidate] = []
     for c in order:
-        if _identity(c) not in seen:
-            seen.add(_identity(c))
+        identity = _identity(c)
+        if identity in seen:
+            repeats.append(c)
+        else:
+            seen.add(identity)
             distinct.append(c)
-    repeats = [c for c in order if c not in distinct]
-    return (distinct + repeats)[:max(1, k)]
+    return (distinct + repeats)[:k]

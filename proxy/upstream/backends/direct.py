@@ -56,7 +56,9 @@ class DirectBackend:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0, keepalive_timeout=5.0,
+            # Idle pooled connections are dropped after 4 s: uvicorn (llama.cpp's and vLLM's servers)
+            # closes them at 5 s, and a request sent on one it is closing fails before it is read.
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0, keepalive_timeout=4.0,
                                              ssl=self.ssl)
             self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
         return self._session
