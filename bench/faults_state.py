@@ -17,9 +17,7 @@ import asyncio
 import contextlib
 import io
 import shutil
-import socket
 import sqlite3
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,10 +27,10 @@ from typing import Any
 
 import httpx
 import openai
-import redis
 import yaml
 
 from bench.faults_capture import AsyncTeeTransport, Sink
+from bench.redis_server import RedisServer
 from itsproxy.proxy.cli import main as cli_main
 from itsproxy.proxy.config import parse_config
 from itsproxy.proxy.http.app import create_app
@@ -146,34 +144,6 @@ def locked_during_load(make: Callable[[str, dict[str, Any] | None], dict[str, An
             lock.execute("ROLLBACK")
             lock.close()
     return _row("budgets file write-locked", policy, results)
-
-
-class RedisServer:
-    """A real `redis-server` on a free loopback port, no persistence."""
-
-    def __init__(self, tmp: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--dir", str(tmp), "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        try:
-            for _ in range(200):
-                with contextlib.suppress(redis.ConnectionError):
-                    if client.ping():
-                        return
-                time.sleep(0.02)
-        finally:
-            client.close()
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 def redis_stopped(make: Callable[[str, dict[str, Any] | None], dict[str, Any]], policy: str, tmp: Path,

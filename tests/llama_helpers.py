@@ -180,3 +180,11 @@ class Relay:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture
+def relay(llama):
+    """A recording relay in front of llama.cpp: what it really answered, for metering checks."""
+    r = Relay(llama.url)
+    yield r
+    r.stop()

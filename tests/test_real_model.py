@@ -18,7 +18,7 @@ from itsproxy.proxy.cli import main
 from itsproxy.proxy.eval.capitals import check
 from itsproxy.proxy.eval.datasets.make_capitals import PARAMS, prompt
 from itsproxy.proxy.eval.direct import main as direct_main
-from tests.llama_helpers import MODEL_NAME, Relay, llama, llama_models  # noqa: F401  (llama: a fixture)
+from tests.llama_helpers import MODEL_NAME, Relay, llama, llama_models, relay  # noqa: F401  (fixtures)
 
 CHAT = [{"role": "user", "content": "Q: What is the capital of Japan?\nA: Tokyo\nQ: What is the capital of Peru?\nA:"}]
 PLACES = ("Kenya", "Peru", "Norway", "Egypt", "Vermont", "Nunavut")
@@ -29,13 +29,6 @@ CHECKER = "itsproxy.proxy.eval.capitals:check"
 def direct(llama):  # noqa: F811
     with httpx.Client(base_url=llama.base_url, timeout=120) as client:
         yield client
-
-
-@pytest.fixture
-def relay(llama):  # noqa: F811
-    r = Relay(llama.url)
-    yield r
-    r.stop()
 
 
 @pytest.fixture

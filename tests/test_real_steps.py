@@ -12,19 +12,12 @@ from __future__ import annotations
 import pytest
 
 from bench.steps_real import FINAL, PARAMS, problems
-from tests.llama_helpers import MODEL_NAME, Relay, llama, llama_models  # noqa: F401  (llama: a fixture)
+from tests.llama_helpers import MODEL_NAME, Relay, llama, llama_models, relay  # noqa: F401  (fixtures)
 from tests.test_real_model import client_of, reported_total
 
 STEPS = {"delimiter": "\n", "final": FINAL, "max_depth": 1, "expansions": 2, "guard": "off"}
 ROUTES = [{"name": method, "match": {"model": method}, "generate": {"model": MODEL_NAME, "temperature": 0.8,
            "steps": STEPS | {"method": method, "width": 1, "rollouts": 1}}} for method in ("beam", "mcts")]
-
-
-@pytest.fixture
-def relay(llama):  # noqa: F811
-    r = Relay(llama.url)
-    yield r
-    r.stop()
 
 
 @pytest.fixture

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 
 import openai
 import pytest
-import redis
 
+from bench.redis_server import RedisServer
 from itsproxy.proxy.config import ConfigError, parse_config
 from itsproxy.proxy.metering.budgets import key_id
 from itsproxy.proxy.storage.redis_state import public_url
@@ -32,31 +29,6 @@ STRINGS = ["Answer directly.", "Think step by step."]
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed (Debian package redis-server; .ci/run installs it)")
-
-
-class RedisServer:
-    def __init__(self, tmp) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--dir", str(tmp), "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.client = redis.Redis.from_url(self.url, decode_responses=True)
-        for _ in range(200):
-            try:
-                if self.client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 @pytest.fixture
