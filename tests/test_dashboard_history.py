@@ -169,3 +169,21 @@ def test_buckets_are_bounded_and_tiers_chosen_by_range():
     assert day["step_s"] == 60 and day["total"]["totals"]["requests"] >= 24 * 60 - 1
     hour = asyncio.run(h.query(now[0] - 900))
     assert hour["step_s"] == 10 and hour["total"]["totals"]["requests"] == 15
+
+
+def test_coarse_tier_holds_exactly_what_the_fine_tier_recorded():
+    """Requests go into the 10 s tier; the 1 min tier gets whole closed buckets, plus the open one
+    when read: a day's range and an hour's count the same requests, the latest included."""
+    import asyncio
+
+    from itsproxy.proxy.telemetry.history import History
+    from tests.observability_helpers import make_report
+    now = [1_700_000_000.0]
+    h = History(clock=lambda: now[0])
+    for gap in (0, 3, 9, 17, 44, 61, 62, 130, 131):  # inside buckets, across them, across minutes
+        now[0] = 1_700_000_000.0 + gap
+        h.record(make_report("folded"))
+    hour, day = asyncio.run(h.query(now[0] - 3000)), asyncio.run(h.query(now[0] - 80000))
+    assert (hour["step_s"], day["step_s"]) == (10, 60)
+    assert hour["total"]["totals"]["requests"] == day["total"]["totals"]["requests"] == 9
+    assert sum(x for x in day["total"]["points"]["requests"] if x) == 9  # per point, not only in the sum

@@ -66,6 +66,11 @@ def _add(out: dict[str, float], key: str, value: float) -> None:
     out[key] = out.get(key, 0.0) + value
 
 
+def _merge(into: dict[str, float], more: dict[str, float]) -> None:
+    for key, value in more.items():
+        into[key] = into.get(key, 0.0) + value
+
+
 def increments(r: RequestReport) -> dict[str, float]:
     """One finished request as bucket increments (runs for every request: kept cheap)."""
     route = "route:" + r.route
@@ -112,6 +117,7 @@ class History:
     def __init__(self, sink: HistorySink | None = None, clock: Callable[[], float] = time.time) -> None:
         self.sink, self.clock = sink, clock
         self._tiers: dict[int, dict[int, Bucket]] = {t.step_s: {} for t in TIERS}
+        self._open: int | None = None  # the finest bucket being filled; folded into coarser tiers once closed
 
     def hook(self, report: RequestReport, outcome: Any = None) -> None:
         """A `Services.hooks` observer. Never raises: history must not fail a request."""
@@ -121,19 +127,43 @@ class History:
             log.exception("history.record failed for route %r", report.route)
 
     def record(self, report: RequestReport) -> None:
+        """Into the finest tier only (this runs for every request); coarser tiers get whole buckets."""
         now, inc = self.clock(), increments(report)
+        fine = TIERS[0]
+        start = int(now // fine.step_s) * fine.step_s
+        if start != self._open:
+            self._fold(now)
+            self._open = start
+        buckets = self._tiers[fine.step_s]
+        bucket = buckets.get(start)
+        if bucket is None:
+            bucket = buckets[start] = {}
+        _merge(bucket, inc)
+        if self.sink is not None:
+            for tier in TIERS:
+                at = int(now // tier.step_s) * tier.step_s
+                self.sink.push(f"{tier.step_s}:{at}", tier.keep_s + tier.step_s, inc)
+
+    def _fold(self, now: float) -> None:
+        """The finest bucket that just closed, added to the coarser tiers; every tier trimmed."""
+        if self._open is not None:
+            closed = self._tiers[TIERS[0].step_s].get(self._open, {})
+            for tier in TIERS[1:]:
+                at = int(self._open // tier.step_s) * tier.step_s
+                _merge(self._tiers[tier.step_s].setdefault(at, {}), closed)
         for tier in TIERS:
-            start = int(now // tier.step_s) * tier.step_s
             buckets = self._tiers[tier.step_s]
-            bucket = buckets.get(start)
-            if bucket is None:
-                bucket = buckets[start] = {}
-            for k, v in inc.items():
-                bucket[k] = bucket.get(k, 0.0) + v
             while buckets and next(iter(buckets)) < now - tier.keep_s - tier.step_s:
                 del buckets[next(iter(buckets))]  # insertion order is time order
-            if self.sink is not None:
-                self.sink.push(f"{tier.step_s}:{start}", tier.keep_s + tier.step_s, inc)
+
+    def _bucket(self, tier: Tier, start: int) -> Bucket:
+        """A bucket as it stands: a coarse one with the open fine bucket not yet folded into it."""
+        bucket = self._tiers[tier.step_s].get(start, {})
+        if tier is TIERS[0] or self._open is None or int(self._open // tier.step_s) * tier.step_s != start:
+            return bucket
+        merged = dict(bucket)
+        _merge(merged, self._tiers[TIERS[0].step_s].get(self._open, {}))
+        return merged
 
     async def query(self, since: float) -> dict[str, Any]:
         """Points from `since` (unix seconds) to now, at the finest tier that still holds them."""
@@ -143,7 +173,7 @@ class History:
         first = int(since // tier.step_s) * tier.step_s
         starts = list(range(first, int(now // tier.step_s) * tier.step_s + 1, tier.step_s))
         source = "memory"
-        buckets: list[Bucket] = [self._tiers[tier.step_s].get(s, {}) for s in starts]
+        buckets: list[Bucket] = [self._bucket(tier, s) for s in starts]
         if self.sink is not None:
             try:
                 buckets = await self.sink.fetch([f"{tier.step_s}:{s}" for s in starts])
