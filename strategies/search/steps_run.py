@@ -21,7 +21,15 @@ from typing import Any
 from itsproxy.strategies.extract import Extractor
 from itsproxy.strategies.generate import GenerateSpec, derive_seed, member_params
 from itsproxy.strategies.ports import RunContext
-from itsproxy.strategies.search.guard import Sizes, Verdict, agreement, fallback_chains, judge_signal, search_tokens
+from itsproxy.strategies.search.guard import (
+    ProbeSteps,
+    Sizes,
+    Verdict,
+    agreement,
+    fallback_chains,
+    judge_signal,
+    search_tokens,
+)
 from itsproxy.strategies.search.steps import (
     Node,
     StepsSpec,
@@ -226,7 +234,8 @@ class StepSearch:
             self.verdict = Verdict("search", "the probe call failed: the scorer is untested", None, 0)
             return True
         scores = [c.score if c.tail_scores else None for c in probes]
-        self.verdict = judge_signal(self.spec.guard, scores, [self.answer(c) for c in probes])
+        steps = [self._probe_steps(c) for c in probes] if self._step_level() else None
+        self.verdict = judge_signal(self.spec.guard, scores, [self.answer(c) for c in probes], steps)
         sizes = self._sizes(probes)
         estimate = search_tokens(self.spec.method, self.spec.width, self.spec.expansions, self.spec.max_depth,
                                  self.spec.rollouts, sizes)
@@ -237,6 +246,15 @@ class StepSearch:
             if more:
                 await self._draw_chains(more)
         return self.verdict.decision == "search"
+
+    def _step_level(self) -> bool:
+        """The guard tests sibling steps where steps carry their own scores: confidence, cut at a delimiter."""
+        return self.spec.score == "confidence" and self.spec.delimiter is not None
+
+    def _probe_steps(self, chain: Chain) -> ProbeSteps:
+        """A probe chain's steps, each with its text and its confidence."""
+        parts = split_steps(chain.tail_entries, self.spec.delimiter)
+        return [("".join(str(e.get("token") or "") for e in part), confidence(part)) for part in parts]
 
     def _sizes(self, probes: list[Chain]) -> Sizes:
         tokens = sum(c.tail_tokens for c in probes) / len(probes)
