@@ -6,12 +6,13 @@
 
 Each problem is a 4-operation chain ("Start at 7, add 5, ..."); each step is right with
 probability `step_accuracy` and errors propagate. Two regimes: 0.8 (a chain is right 41% of the
-time; voting saturates near 100% at ~1000 tokens) and 0.6 (13%; voting does not). With step_signal=1 a step's logprobs tell
-right from wrong; with 0 they say nothing. The PRM rows score prefixes with the simulator's
-/reward (a process reward on chain problems, independent of step_signal). Every route uses
-the same completion-mode model entry, the same problems and the same client seed per problem. Columns: accuracy (the
-returned answer equals the chain's result) and tokens/question (the responses' `usage`,
-i.e. everything the simulator served, search calls included).
+time; voting saturates near 100% at ~1000 tokens) and 0.6 (13%; voting does not). With
+step_signal=1 a step's logprobs tell right from wrong; with 0 they say nothing. The PRM rows
+score prefixes with the simulator's /reward (a process reward on chain problems, independent of
+step_signal). Every route uses the same completion-mode model entry, the same problems and the
+same client seed per problem. Columns: accuracy (the returned answer equals the chain's result)
+and tokens/question (the responses' `usage`, i.e. everything the simulator served, search calls
+included).
 """
 
 from __future__ import annotations
@@ -113,8 +114,8 @@ def run_signal(signal: float, accuracy: float, problems: list[tuple[str, int]],
                     decided = Counter(d for _, _, d in res if d)
                     guard = " ".join(f"{k} {v}" for k, v in sorted(decided.items()))
                     rows.append((label, acc, tok, guard))
-                    print(f"  p {accuracy:g} signal {signal:g}  {label:44s} acc {acc:6.1%}  tokens/q {tok:6.0f}  {guard}",
-                          file=sys.stderr)
+                    print(f"  p {accuracy:g} signal {signal:g}  {label:44s} acc {acc:6.1%}  tokens/q {tok:6.0f}  "
+                          f"{guard}", file=sys.stderr)
         finally:
             client.close()
             handle.stop()
