@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="the routes whose label contains this")
     args = parser.parse_args()
     if args.real:
-        steps_real.main(args.real, args.problems)
+        steps_real.main(args.real, args.problems, args.only)
         return
     labels = [label for label in CONFIGS if args.only in label]
     for accuracy in args.step_accuracy or STEP_ACCURACIES:
