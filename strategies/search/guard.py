@@ -24,9 +24,13 @@ within each stratum only (so a score that drifts with depth, or a wrong chain's 
 cannot pass for signal). Where no stratum has a pair (every chain differs from its first step),
 the chain-level test decides.
 
-The budget is the same either way: the search's expected tokens are estimated from the probe's
-own sizes (prompt, chain length, steps per chain), and the fallback draws that many tokens' worth
-of chains, so a guarded route costs about the same whichever way its guard decides.
+The probe is not wasted when the guard says "search": the probe chains are samples from the
+root, so their first steps are the root's first layer (the beam skips its depth-0 call and
+starts from 8 first steps instead of `expansions`; MCTS starts with each probe chain backed up as
+a rollout through its first step). The budget is the same either way: the search's expected
+tokens (less that first layer) are estimated from the probe's own sizes (prompt, chain length,
+steps per chain), and the fallback draws that many tokens' worth of chains, so a guarded route
+costs about the same whichever way its guard decides.
 """
 
 from __future__ import annotations
@@ -195,8 +199,10 @@ class Sizes:
     steps: float
 
 
-def search_tokens(method: str, width: int, expansions: int, max_depth: int, rollouts: int, s: Sizes) -> float:
-    """The search's expected tokens (prompts included), from the probe's sizes."""
+def search_tokens(method: str, width: int, expansions: int, max_depth: int, rollouts: int, s: Sizes,
+                  seeded: bool = False) -> float:
+    """The search's expected tokens (prompts included), from the probe's sizes; `seeded`: the beam's
+    first layer comes from the probe chains' first steps (no call at depth 0)."""
     depth = max(1.0, s.steps)
     step = s.chain / depth
     if method == "mcts":
@@ -204,7 +210,7 @@ def search_tokens(method: str, width: int, expansions: int, max_depth: int, roll
         return rollouts * per
     levels = int(min(math.ceil(depth), max_depth))
     total = 0.0
-    for d in range(levels):
+    for d in range(1 if seeded else 0, levels):
         calls = 1 if d == 0 else width
         total += calls * (s.prompt + d * step + expansions * step)
     if depth > max_depth:  # survivors written to the end
