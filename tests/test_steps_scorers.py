@@ -91,6 +91,7 @@ def test_the_fallback_spends_about_what_the_search_would():
     assert fallback_chains(beam, sizes, cap=64) == round((beam - 30) / 50)
     assert fallback_chains(10_000, sizes, cap=20) == 20
     assert search_tokens("beam", 2, 3, 8, 6, sizes) > beam
+    assert search_tokens("beam", 1, 4, 8, 6, sizes, seeded=True) == pytest.approx(beam - (30 + 4 * 10))
     assert search_tokens("mcts", 2, 3, 8, 6, sizes) > 0
 
 
