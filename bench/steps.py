@@ -1,7 +1,7 @@
 """Search over reasoning steps vs plain voting, on the simulator's step-wise mode, through the proxy.
 
     python -m bench.steps            # 100 chain problems, step_signal 1 and 0, step_accuracy 0.8 and 0.6
-    python -m bench.steps --step-accuracy 0.6 --only guard   # one regime, the routes whose label has "guard"
+    python -m bench.steps --step-accuracy 0.6 --only "vote n=16" --only "k=4, confidence, guard" --problem-seed 2027
     python -m bench.steps --real http://127.0.0.1:8080/v1   # llama.cpp: see bench/steps_real.py
 
 Each problem is a 4-operation chain ("Start at 7, add 5, ..."); each step is right with
@@ -127,20 +127,21 @@ def main() -> None:
     parser.add_argument("--real", metavar="BASE_URL", help="a llama.cpp server's /v1 (bench/steps_real.py)")
     parser.add_argument("--problems", type=int, default=20, help="with --real: how many problems")
     parser.add_argument("--step-accuracy", type=float, action="append", help="a regime (repeatable; default 0.8, 0.6)")
-    parser.add_argument("--only", default="", help="the routes whose label contains this")
+    parser.add_argument("--only", action="append", help="the routes whose label contains this (repeatable)")
+    parser.add_argument("--problem-seed", type=int, default=2026, help="which problems (default 2026)")
     args = parser.parse_args()
     if args.real:
-        steps_real.main(args.real, args.problems, args.only)
+        steps_real.main(args.real, args.problems, (args.only or [""])[0])
         return
-    labels = [label for label in CONFIGS if args.only in label]
+    labels = [label for label in CONFIGS if any(part in label for part in args.only or [""])]
     for accuracy in args.step_accuracy or STEP_ACCURACIES:
-        regime(accuracy, labels)
+        regime(accuracy, labels, args.problem_seed)
 
 
-def regime(accuracy: float, labels: list[str]) -> None:
-    problems = chains(2026, PROBLEMS, steps=4)
+def regime(accuracy: float, labels: list[str], seed: int) -> None:
+    problems = chains(seed, PROBLEMS, steps=4)
     table = {s: run_signal(s, accuracy, problems, labels) for s in (1.0, 0.0)}
-    print(f"\n{PROBLEMS} chain problems (4 steps, step_accuracy {accuracy:g}), simulator seed 14\n")
+    print(f"\n{PROBLEMS} chain problems (seed {seed}, 4 steps, step_accuracy {accuracy:g}), simulator seed 14\n")
     print("| route | acc (signal 1) | tokens/q | guard (signal 1) | acc (signal 0) | tokens/q | guard (signal 0) |")
     print("|---|---|---|---|---|---|---|")
     for (label, a1, t1, g1), (_, a0, t0, g0) in zip(table[1.0], table[0.0]):
