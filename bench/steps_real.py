@@ -43,6 +43,7 @@ VOTE = [{"vote": {"extract": "number"}}]
 STEPS = {"delimiter": "\n", "final": FINAL, "max_depth": 3, "guard": "off"}
 CONFIGS: dict[str, dict[str, Any]] = {
     "vote k=4": {"generate": {"n": 4}, "select": VOTE},
+    "vote k=6": {"generate": {"n": 6}, "select": VOTE},  # about the beam's spend
     "beam w=1 k=2, confidence": {"generate": {"steps": STEPS | {"method": "beam", "width": 1, "expansions": 2}}},
     "mcts 2 rollouts k=2, confidence": {"generate": {"steps": STEPS | {"method": "mcts", "rollouts": 2,
                                                                        "expansions": 2}}},
@@ -71,10 +72,10 @@ def route(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
             "limits": {"max_n": 8, "timeout_s": 600}}
 
 
-def main(base_url: str, count: int) -> None:
-    names = {label: f"r{i}" for i, label in enumerate(CONFIGS)}
+def main(base_url: str, count: int, only: str = "") -> None:
+    names = {label: f"r{i}" for i, label in enumerate(CONFIGS) if only in label}
     config = parse_config({"model_list": [model_entry(base_url)],
-                           "routes": [route(names[label], cfg) for label, cfg in CONFIGS.items()]})
+                           "routes": [route(names[label], CONFIGS[label]) for label in names]})
     handle = serve_in_thread(embedded_config(create_app(config)))
     client = openai.OpenAI(base_url=handle.base_url, api_key="none", max_retries=0, timeout=900)
     rows = []

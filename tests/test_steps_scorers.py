@@ -11,7 +11,15 @@ import pytest
 import step_checks
 from conftest import sim_models
 from itsproxy.proxy.simulator.steps import chains
-from itsproxy.strategies.search.guard import GuardSpec, Sizes, concordance, fallback_chains, judge_signal, search_tokens
+from itsproxy.strategies.search.guard import (
+    GuardSpec,
+    Sizes,
+    concordance,
+    fallback_chains,
+    judge_signal,
+    search_tokens,
+    step_strata,
+)
 
 PROBLEMS = chains(77, 8, steps=4)
 ANSWER = re.compile(r"answer is (-?\d+)")
@@ -38,6 +46,44 @@ def test_the_guard_trusts_a_scorer_only_when_it_ranks_agreed_answers_higher():
     assert judge_signal(spec, [None, 0.8, 0.9, 0.1, 0.2, 0.3], answers[:6]).decision == "sample"
 
 
+def probe(steps: list[str], scores: list[float | None]) -> list[tuple[str, float | None]]:
+    return list(zip(steps, scores))
+
+
+def test_step_strata_compare_sibling_steps_of_the_probe_trie():
+    chains = [probe(["a", "b", "x"], [0.9, 0.8, 0.7]),
+              probe(["a", "b", "x"], [0.8, 0.7, 0.6]),
+              probe(["a ", "c", "y"], [0.7, 0.2, 0.5]),  # whitespace and case do not split a step
+              probe(["d", "e", "z"], [0.1, 0.6, None])]
+    strata = step_strata(chains)
+    # depth 0: a a a d -> agreement 2 2 2 0; depth 1 under "a": b b c -> 1 1 0; depth 2 under a/b: x x (no pair);
+    # the lone chains' later steps have no siblings
+    assert strata == [([0.9, 0.8, 0.7, 0.1], [2, 2, 2, 0]), ([0.8, 0.7, 0.2], [1, 1, 0])]
+    assert step_strata([probe(["a"], [0.5]), probe(["a"], [0.4])]) == []
+
+
+def test_the_step_level_guard_finds_signal_the_chain_level_test_cannot():
+    spec = GuardSpec(chains=8, alpha=0.05)
+    right, wrong = ["s1 ok", "s2 ok", "s3 ok", "answer is 1"], ["bad"]
+    # every chain right but for one wrong step (at depths 0..3): the wrong step scores low, the chain's mean barely
+    chains, answers = [], []
+    for i in range(8):
+        at = i % 4 if i >= 4 else None
+        texts = [wrong[0] + str(i) if d == at else t for d, t in enumerate(right)]
+        chains.append(probe(texts, [0.3 if d == at else 0.8 + 0.01 * i for d in range(4)]))
+        answers.append("1" if at is None else str(i))
+    means = [sum(s for _, s in c if s is not None) / 4 for c in chains]
+    chain_level = judge_signal(spec, list(means), answers)
+    step_level = judge_signal(spec, list(means), answers, chains)
+    assert step_level.decision == "search" and step_level.level == "step" and step_level.pairs > chain_level.pairs
+    # the same trie with scores that say nothing (a wrong step scores like its right siblings) is not trusted
+    flat = [probe([t for t, _ in c], [0.8 - 0.01 * i] * 4) for i, c in enumerate(chains)]
+    assert judge_signal(spec, [0.5] * 8, answers, flat).decision == "sample"
+    # no step shared by two chains: the chain-level test decides
+    lone = [probe([f"x{i}", f"y{i}"], [0.5, 0.5]) for i in range(6)]
+    assert judge_signal(spec, [0.9, 0.1, 0.5, 0.2, 0.3, 0.4], list("123456"), lone).level == "chain"
+
+
 def test_the_fallback_spends_about_what_the_search_would():
     sizes = Sizes(prompt=30, chain=50, steps=5)
     beam = search_tokens("beam", 1, 4, 8, 6, sizes)
@@ -45,6 +91,7 @@ def test_the_fallback_spends_about_what_the_search_would():
     assert fallback_chains(beam, sizes, cap=64) == round((beam - 30) / 50)
     assert fallback_chains(10_000, sizes, cap=20) == 20
     assert search_tokens("beam", 2, 3, 8, 6, sizes) > beam
+    assert search_tokens("beam", 1, 4, 8, 6, sizes, seeded=True) == pytest.approx(beam - (30 + 4 * 10))
     assert search_tokens("mcts", 2, 3, 8, 6, sizes) > 0
 
 

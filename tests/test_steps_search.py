@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 
 import httpx
 import pytest
@@ -91,6 +92,32 @@ def test_mcts_visits_the_confident_child_most_and_rolls_out_complete_chains():
     ok = next(ch for ch in kids if "ok" in ch.text)
     assert ok.visits == max(ch.visits for ch in kids) and ok.visits > sum(ch.visits for ch in kids) / 3
     assert search3.candidates()[0].text == "s1 ok\ns2 ok\ns3 ok\nThe answer is 3."
+
+
+def spaced_logprobs(call: Call, reply: str) -> dict:
+    """Logprobs whose tokens join back to the reply (a newline is its own token)."""
+    tokens = re.findall(r"\n|[^ \n]+ ?", reply)
+    return {"content": [{"token": t, "logprob": math.log(0.9), "top_logprobs": [{"token": t, "logprob": math.log(0.9)}]}
+                        for t in tokens]}
+
+
+@pytest.mark.parametrize("method", ["beam", "mcts"])
+def test_the_guards_probe_chains_seed_the_first_layer(method):
+    def fresh() -> tuple[StepSearch, FakeSampler]:
+        sampler = FakeSampler(world, logprobs=spaced_logprobs)
+        steps = {"method": method, "width": 1, "expansions": 3, "rollouts": 1}
+        gen = parse_generate({"model": "m", "steps": steps}, "g", {"m"})
+        search = StepSearch(context(sampler, 1, messages=[{"role": "user", "content": "q"}]), gen, gen.steps)
+        search.probes = asyncio.run(search._draw_chains(2))
+        return search, sampler
+
+    search, _ = fresh()
+    assert search.seed() and [ch.text for ch in search.root.children] == ["s1 ok\n", "s1 ok\n"]
+    assert [ch.visits for ch in search.root.children] == ([1, 1] if method == "mcts" else [0, 0])
+    search, sampler = fresh()
+    asyncio.run(search.beam() if method == "beam" else search.mcts())
+    # after the probe call, no depth-0 expansion: the search's first call continues a probe's first step
+    assert sampler.calls[1].messages[-1]["content"] == "\ns1 ok\n" and sampler.calls[1].n == 3
 
 
 class PrmHttp:

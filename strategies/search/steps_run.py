@@ -21,7 +21,15 @@ from typing import Any
 from itsproxy.strategies.extract import Extractor
 from itsproxy.strategies.generate import GenerateSpec, derive_seed, member_params
 from itsproxy.strategies.ports import RunContext
-from itsproxy.strategies.search.guard import Sizes, Verdict, agreement, fallback_chains, judge_signal, search_tokens
+from itsproxy.strategies.search.guard import (
+    ProbeSteps,
+    Sizes,
+    Verdict,
+    agreement,
+    fallback_chains,
+    judge_signal,
+    search_tokens,
+)
 from itsproxy.strategies.search.steps import (
     Node,
     StepsSpec,
@@ -70,6 +78,7 @@ class StepSearch:
         self.calls = 0
         self.errors: list[BaseException] = []
         self.stopped: str | None = None
+        self.probes: list[Chain] = []  # the guard's probe chains: they seed the first layer
 
     def _root_text(self) -> str:
         """Steps start on a fresh line: the partial answer opens with the delimiter unless the
@@ -226,10 +235,12 @@ class StepSearch:
             self.verdict = Verdict("search", "the probe call failed: the scorer is untested", None, 0)
             return True
         scores = [c.score if c.tail_scores else None for c in probes]
-        self.verdict = judge_signal(self.spec.guard, scores, [self.answer(c) for c in probes])
+        steps = [self._probe_steps(c) for c in probes] if self._step_level() else None
+        self.verdict = judge_signal(self.spec.guard, scores, [self.answer(c) for c in probes], steps)
         sizes = self._sizes(probes)
         estimate = search_tokens(self.spec.method, self.spec.width, self.spec.expansions, self.spec.max_depth,
-                                 self.spec.rollouts, sizes)
+                                 self.spec.rollouts, sizes, seeded=True)
+        self.probes = probes
         self.guard = {"probes": len(probes), "estimate_tokens": round(estimate)}
         if self.verdict.decision == "sample" and not self._cap():
             more = fallback_chains(estimate, sizes, cap=64)
@@ -237,6 +248,15 @@ class StepSearch:
             if more:
                 await self._draw_chains(more)
         return self.verdict.decision == "search"
+
+    def _step_level(self) -> bool:
+        """The guard tests sibling steps where steps carry their own scores: confidence, cut at a delimiter."""
+        return self.spec.score == "confidence" and self.spec.delimiter is not None
+
+    def _probe_steps(self, chain: Chain) -> ProbeSteps:
+        """A probe chain's steps, each with its text and its confidence."""
+        parts = split_steps(chain.tail_entries, self.spec.delimiter)
+        return [("".join(str(e.get("token") or "") for e in part), confidence(part)) for part in parts]
 
     def _sizes(self, probes: list[Chain]) -> Sizes:
         tokens = sum(c.tail_tokens for c in probes) / len(probes)
@@ -267,12 +287,30 @@ class StepSearch:
             return
         await (self.beam() if self.spec.method == "beam" else self.mcts())
 
+    def seed(self) -> bool:
+        """The root's first layer from the probe chains' first steps (a chain that ends at its first
+        step is already a candidate, not a node); MCTS also backs each probe chain up as a rollout."""
+        for chain in self.probes:
+            parts = split_steps(chain.tail_entries, self.spec.delimiter)
+            texts = ["".join(str(e.get("token") or "") for e in part) for part in parts]
+            if len(parts) < 2 or "".join(texts) != chain.tail or self.spec.final_re.search(texts[0]):
+                continue
+            node = Node(text=texts[0], parent=self.root, score=confidence(parts[0]), entries=parts[0],
+                        completion_tokens=len(parts[0]), prompt_tokens=chain.prompt_tokens, call_id=chain.call_id)
+            self.root.children.append(node)
+            if self.spec.method == "mcts":
+                backprop(node, chain.score)
+        self.root.expanded = bool(self.root.children)
+        return self.root.expanded
+
     async def beam(self) -> None:
         beams = [self.root]
-        for _ in range(self.spec.max_depth):
+        seeded = self.seed()
+        for depth in range(self.spec.max_depth):
             if self._cap():
                 break
-            await asyncio.gather(*(self.expand(b) for b in beams))
+            if not (depth == 0 and seeded):
+                await asyncio.gather(*(self.expand(b) for b in beams))
             children = [ch for b in beams for ch in b.children]
             for ch in children:
                 if ch.terminal:
@@ -286,6 +324,7 @@ class StepSearch:
             await self.finish(beams[0])  # a cap stopped the search before any chain ended: finish the best
 
     async def mcts(self) -> None:
+        self.seed()
         for _ in range(self.spec.rollouts):
             if self._cap():
                 break
