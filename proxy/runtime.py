@@ -14,7 +14,7 @@ from typing import Any
 
 from itsproxy.proxy.config import Config, Route
 from itsproxy.proxy.errors import ApiError
-from itsproxy.proxy.metering.budgets import Reservation, build_budgets, key_id
+from itsproxy.proxy.metering.budgets import Budgets, Reservation, build_budgets, key_id
 from itsproxy.proxy.metering.ledger import Ledger, RequestReport
 from itsproxy.proxy.metering.limits import LocalLimiter, Rate, RateLimits, Refused
 from itsproxy.proxy.metering.spend import extra_cost, saved_cost
@@ -173,6 +173,10 @@ class Exchange:
         await self._take_rate()
         self.reservation = await budgets.reserve(self.key, max_tokens)
 
+    def _window(self, budgets: Budgets) -> str:
+        """The name of this key's rpm/tpm window (by key id, never the key)."""
+        return f"key:{budgets.key_id(self.key)}"
+
     async def _take_rate(self) -> None:
         """The key's rpm_limit / tpm_limit (budgets:): one request counted, or 429 with Retry-After."""
         budgets = self.services.budgets
@@ -180,7 +184,7 @@ class Exchange:
         limits = budgets.limits(self.key)
         rate = Rate(limits.rpm_limit, limits.tpm_limit)
         try:
-            await self.services.limits.take(f"key:{budgets.key_id(self.key)}", rate)
+            await self.services.limits.take(self._window(budgets), rate)
         except Refused as exc:
             wait = str(max(1, math.ceil(exc.retry_after_s)))
             if exc.down:
@@ -207,7 +211,7 @@ class Exchange:
         s.observe(s.report(self), self.outcome)
         if s.budgets is not None and s.budgets.limits(self.key).tpm_limit is not None:
             tokens = self.ledger.total().total_tokens
-            await asyncio.shield(asyncio.ensure_future(s.limits.spend(f"key:{s.budgets.key_id(self.key)}", tokens)))
+            await asyncio.shield(asyncio.ensure_future(s.limits.spend(self._window(s.budgets), tokens)))
         if s.budgets is not None and self.reservation is not None:
             spent = self.ledger.total().total_tokens
             if self.ledger.output_unknown:  # charge conservatively: the reservation, not a guess

@@ -139,9 +139,10 @@ class Scaling:
             if route.passthrough:
                 return await guarded(request, self._forward(surface, call, ex, deadline), deadline, route)
             surface.check_scaling(call)
-            outcome = await self._cached(call, ex)
+            key = _cache_key(call, route)
+            outcome = await self._cached(call, ex, key)
             if outcome is None:
-                outcome = await guarded(request, self._run(call, ex, deadline), deadline, route)
+                outcome = await guarded(request, self._run(call, ex, deadline, key), deadline, route)
             ex.outcome = outcome
             return FastJSONResponse(surface.render(outcome, call), headers=outcome.headers())
         except ApiError as err:
@@ -187,7 +188,8 @@ class Scaling:
                           search_stores=self.s.search_stores,
                           max_extra_tokens=route.limits.max_extra_tokens, max_cost_usd=route.limits.max_cost_usd)
 
-    async def _run(self, call: Call, ex: Exchange, deadline: float) -> Outcome:
+    async def _run(self, call: Call, ex: Exchange, deadline: float, cache_key: str | None = None) -> Outcome:
+        """Run the route's pipeline; a verified outcome is stored under `cache_key` (routes with `cache:`)."""
         route = self._route(ex)
         ctx = self._context(call, route, ex.ledger, deadline)
         pipeline, overrides = _client_params(call, route)
@@ -209,16 +211,14 @@ class Scaling:
         rid, created = new_id()
         outcome = Outcome(route, call.model, selection, ex.ledger, rid, created, call.messages, call.params,
                           overrides=overrides)
-        key = _cache_key(call, route)
-        if key is not None and route.cache_ttl_s is not None and selection.verified is True:
+        if cache_key is not None and route.cache_ttl_s is not None and selection.verified is True:
             entry = Entry.of(outcome.ranked(call.returned), selection.strategy, ex.ledger.total().total_tokens)
-            await self.s.cache.put(route.name, key, entry, route.cache_ttl_s)
+            await self.s.cache.put(route.name, cache_key, entry, route.cache_ttl_s)
         return outcome
 
-    async def _cached(self, call: Call, ex: Exchange) -> Outcome | None:
+    async def _cached(self, call: Call, ex: Exchange, key: str | None) -> Outcome | None:
         """A verified answer the route's response cache holds for this request: no upstream call."""
         route = self._route(ex)
-        key = _cache_key(call, route)
         entry = await self.s.cache.get(route.name, key) if key is not None else None
         if entry is None:
             return None
@@ -237,8 +237,9 @@ class Scaling:
         else:
             surface.check_scaling(call)
             self._context(call, route, ex.ledger)  # a bad its.n is a 400 before the stream opens
-            cached = await self._cached(call, ex)
-            events = self._scaling_events(surface.scaling_stream(call), call, ex, deadline, cached)
+            key = _cache_key(call, route)
+            cached = await self._cached(call, ex, key)
+            events = self._scaling_events(surface.scaling_stream(call), call, ex, deadline, cached, key)
 
         async def on_close(ending: str) -> None:
             if ending == "client_left":
@@ -257,7 +258,8 @@ class Scaling:
         return EventStream(events, on_close, deadline + STREAM_GRACE_S, headers=headers)
 
     async def _scaling_events(self, render: ScalingStream, call: Call, ex: Exchange, deadline: float,
-                              cached: Outcome | None = None) -> AsyncGenerator[bytes, None]:
+                              cached: Outcome | None = None,
+                              cache_key: str | None = None) -> AsyncGenerator[bytes, None]:
         for part in render.opening():
             yield part
         if cached is not None:
@@ -265,7 +267,7 @@ class Scaling:
             for part in render.answer(cached):
                 yield part
             return
-        task = asyncio.ensure_future(self._run(call, ex, deadline))
+        task = asyncio.ensure_future(self._run(call, ex, deadline, cache_key))
         try:
             while not task.done():
                 done, _ = await asyncio.wait({task}, timeout=self.s.config.server.keepalive_s)
